@@ -1,0 +1,81 @@
+"""Glue shared by the handlers: run a use-case, apply its Outcome to Kopf's patch, post events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from kvmfleet import metrics
+from kvmfleet.domain import conditions as cond
+from kvmfleet.errors import KvmfleetError, PermanentError, TemporaryError
+from kvmfleet.reconcile.outcome import Outcome
+from kvmfleet.reconcile.status import is_ready, status_patch
+
+
+def outcome_for_error(error: KvmfleetError) -> Outcome:
+    """The status a failed use-case leaves: Stalled for permanent errors, Reconciling otherwise."""
+    outcome = Outcome()
+    if isinstance(error, PermanentError):
+        outcome.conditions = cond.summary(
+            ready=False, reason=error.reason, message=error.message, stalled=True
+        )
+        outcome.warn(error.reason, error.message)
+    else:
+        outcome.conditions = cond.summary(ready=False, reason=error.reason, message=error.message)
+        delay = error.delay if isinstance(error, TemporaryError) else 30.0
+        outcome.requeue_after = delay
+        outcome.retry_message = error.message
+    return outcome
+
+
+async def run(
+    kind: str,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    usecase: Callable[[], Awaitable[Outcome]],
+) -> None:
+    """Run one use-case and apply what it produced; requeue through kopf.TemporaryError."""
+    started = time.monotonic()
+    try:
+        outcome = await usecase()
+        result = "requeue" if outcome.requeue_after else "success"
+    except PermanentError as error:
+        outcome, result = outcome_for_error(error), "permanent"
+    except KvmfleetError as error:
+        outcome, result = outcome_for_error(error), "temporary"
+    finally:
+        metrics.RECONCILE_DURATION.labels(kind).observe(time.monotonic() - started)
+    metrics.RECONCILE_TOTAL.labels(kind, result).inc()
+    apply(kind, body, patch, outcome, logger)
+    if outcome.requeue_after is not None:
+        raise kopf.TemporaryError(
+            outcome.retry_message or "still reconciling", delay=outcome.requeue_after
+        )
+
+
+def apply(
+    kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome, logger: kopf.Logger
+) -> None:
+    """Write the outcome into Kopf's patch (status, labels) and post its events."""
+    status: Mapping[str, Any] = body.get("status") or {}
+    changes = status_patch(
+        status, outcome, generation=body.metadata.get("generation"), now=datetime.now(UTC)
+    )
+    for key, value in changes.items():
+        patch.status[key] = value
+    labels = body.metadata.labels
+    for key, label in outcome.labels.items():
+        if labels.get(key) != label:
+            patch.metadata.labels[key] = label
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        log = logger.warning if event.type == "Warning" else logger.info
+        log("%s: %s", event.reason, event.message)
+    metrics.set_ready(
+        kind, body.metadata.namespace or "", body.metadata.name or "", is_ready(status, changes)
+    )

@@ -1,0 +1,56 @@
+"""Operator start-up: Kopf settings, the metrics endpoint, and the liveness probe."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kvmfleet import __version__, metrics
+from kvmfleet.reconcile.context import Context
+from kvmfleet.settings import FINALIZER, Settings
+
+
+@kopf.on.startup()
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Apply kvmfleet's Kopf settings, build the shared Context, start the /metrics endpoint."""
+    if "ctx" not in memo:
+        memo["ctx"] = Context.create(Settings.from_env())
+    ctx: Context = memo["ctx"]
+    config = ctx.settings
+    settings.persistence.finalizer = FINALIZER
+    # Kopf keeps its bookkeeping in status.kopf, never in metadata: kvmfleet only adds its
+    # finalizer and labels to metadata (GitOps tools own the rest).
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+        field="status.kopf.diffbase"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.connect_timeout = 30
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = config.max_workers
+    settings.peering.standalone = True
+    metrics.serve(config.metrics_port, config.bind_address)
+    logger.info(
+        "kvmfleet %s started (namespaces: %s, metrics :%s, health :%s)",
+        __version__, ", ".join(config.namespaces) or "all", config.metrics_port, config.health_port,
+    )
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Release connections and threads."""
+    if "ctx" in memo:
+        await memo["ctx"].close()
+    logger.info("kvmfleet stopped")
+
+
+@kopf.on.probe(id="version")
+def version(**_: Any) -> str:
+    """Reported by the liveness endpoint."""
+    return __version__

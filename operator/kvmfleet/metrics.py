@@ -1,0 +1,108 @@
+"""Every Prometheus metric kvmfleet exports, declared and documented in one place.
+
+Names follow the Prometheus conventions (`kvmfleet_` prefix, base units, `_total` for
+counters, `_seconds` for durations, `_bytes` for sizes). Exported on :8080/metrics.
+
+| metric | type | labels | meaning |
+|---|---|---|---|
+| kvmfleet_reconcile_total | counter | kind, result | reconciliations, by outcome (success, temporary, permanent) |
+| kvmfleet_reconcile_duration_seconds | histogram | kind | time spent in one reconciliation |
+| kvmfleet_resource_ready | gauge | kind, namespace, name | 1 when the object's Ready condition is True, else 0 |
+| kvmfleet_host_up | gauge | host | 1 when the host answered the last probe over SSH |
+| kvmfleet_host_probe_duration_seconds | histogram | host | duration of one host probe |
+| kvmfleet_host_cpus | gauge | host, kind | CPUs: kind=capacity, allocatable (with overcommit) or allocated |
+| kvmfleet_host_memory_bytes | gauge | host, kind | memory: capacity, allocatable or allocated |
+| kvmfleet_host_domains | gauge | host | libvirt domains defined on the host |
+| kvmfleet_vm_power_state | gauge | namespace, name, state | 1 for the VM's observed power state |
+| kvmfleet_vm_operations_total | counter | operation, result | create, start, stop, reboot, reset, delete, migrate... |
+| kvmfleet_vm_operation_duration_seconds | histogram | operation | duration of such operations |
+| kvmfleet_ssh_commands_total | counter | host, result | remote commands run over SSH |
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+RECONCILE_TOTAL = Counter(
+    "kvmfleet_reconcile_total", "Reconciliations by kind and result.",
+    ["kind", "result"], registry=REGISTRY,
+)
+RECONCILE_DURATION = Histogram(
+    "kvmfleet_reconcile_duration_seconds", "Time spent in one reconciliation.",
+    ["kind"], buckets=_DURATION_BUCKETS, registry=REGISTRY,
+)
+RESOURCE_READY = Gauge(
+    "kvmfleet_resource_ready", "1 when the object's Ready condition is True.",
+    ["kind", "namespace", "name"], registry=REGISTRY,
+)
+HOST_UP = Gauge(
+    "kvmfleet_host_up", "1 when the host answered the last probe.", ["host"], registry=REGISTRY,
+)
+HOST_PROBE_DURATION = Histogram(
+    "kvmfleet_host_probe_duration_seconds", "Duration of one host probe.",
+    ["host"], buckets=_DURATION_BUCKETS, registry=REGISTRY,
+)
+HOST_CPUS = Gauge(
+    "kvmfleet_host_cpus", "Host CPUs by kind (capacity, allocatable, allocated).",
+    ["host", "kind"], registry=REGISTRY,
+)
+HOST_MEMORY = Gauge(
+    "kvmfleet_host_memory_bytes", "Host memory by kind (capacity, allocatable, allocated).",
+    ["host", "kind"], registry=REGISTRY,
+)
+HOST_DOMAINS = Gauge(
+    "kvmfleet_host_domains", "libvirt domains defined on the host.", ["host"], registry=REGISTRY,
+)
+VM_POWER_STATE = Gauge(
+    "kvmfleet_vm_power_state", "1 for the VM's observed power state.",
+    ["namespace", "name", "state"], registry=REGISTRY,
+)
+VM_OPERATIONS = Counter(
+    "kvmfleet_vm_operations_total", "VM operations by kind and result.",
+    ["operation", "result"], registry=REGISTRY,
+)
+VM_OPERATION_DURATION = Histogram(
+    "kvmfleet_vm_operation_duration_seconds", "Duration of VM operations.",
+    ["operation"], buckets=_DURATION_BUCKETS, registry=REGISTRY,
+)
+SSH_COMMANDS = Counter(
+    "kvmfleet_ssh_commands_total", "Remote commands run over SSH.",
+    ["host", "result"], registry=REGISTRY,
+)
+
+POWER_STATES = ("On", "Off", "Paused", "Crashed", "Unknown")
+
+
+def set_ready(kind: str, namespace: str, name: str, ready: bool) -> None:
+    """Record whether an object is Ready."""
+    RESOURCE_READY.labels(kind, namespace, name).set(1 if ready else 0)
+
+
+def forget(kind: str, namespace: str, name: str) -> None:
+    """Drop the series of a deleted object."""
+    try:
+        RESOURCE_READY.remove(kind, namespace, name)
+    except KeyError:
+        pass
+    if kind == "VirtualNode":
+        for state in POWER_STATES:
+            try:
+                VM_POWER_STATE.remove(namespace, name, state)
+            except KeyError:
+                pass
+
+
+def set_power_state(namespace: str, name: str, state: str) -> None:
+    """Record a VM's observed power state (one-hot over POWER_STATES)."""
+    for candidate in POWER_STATES:
+        VM_POWER_STATE.labels(namespace, name, candidate).set(1 if candidate == state else 0)
+
+
+def serve(port: int, address: str) -> None:
+    """Start the /metrics HTTP endpoint in a background thread."""
+    if port:
+        start_http_server(port, addr=address, registry=REGISTRY)

@@ -1,0 +1,39 @@
+"""Turn an Outcome into the smallest status patch: nothing when nothing a reader sees changed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from kvmfleet.domain import conditions as cond
+from kvmfleet.reconcile.outcome import Outcome
+
+
+def status_patch(
+    old_status: Mapping[str, Any] | None,
+    outcome: Outcome,
+    *,
+    generation: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status fields to patch: observedGeneration, merged conditions and changed fields."""
+    old_status = old_status or {}
+    patch: dict[str, Any] = {}
+    for key, value in outcome.status.items():
+        if old_status.get(key) != value:
+            patch[key] = value
+    old_conditions = cond.parse_conditions(old_status.get("conditions"))
+    if outcome.conditions:
+        merged = cond.merge(old_conditions, outcome.conditions, now=now, generation=generation)
+        if cond.changed(old_conditions, merged):
+            patch["conditions"] = cond.to_dicts(merged)
+    if generation is not None and old_status.get("observedGeneration") != generation:
+        patch["observedGeneration"] = generation
+    return patch
+
+
+def is_ready(status: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
+    """Whether the object is Ready after the patch is applied."""
+    raw = patch.get("conditions", (status or {}).get("conditions"))
+    return cond.is_true(cond.parse_conditions(raw), cond.READY)
