@@ -48,7 +48,7 @@ def normalize_mac(value: object, field: str = "mac") -> str:
     mac = text.replace("-", ":")
     first = int(mac[:2], 16)
     if first & 1:
-        fail(field, f"{show(value)} is a multicast address; a NIC needs a unicast MAC")
+        fail(field, f"{show(value)} is a multicast address (a NIC needs a unicast MAC)")
     if mac == "00:00:00:00:00:00":
         fail(field, "the all-zero MAC address is not usable")
     return mac

@@ -305,13 +305,18 @@ class DiskSpec:
     bus: DiskBus = DiskBus.VIRTIO
 
     @classmethod
-    def _parse(cls, p: _Problems, value: object, path: str) -> DiskSpec:
+    def _parse(
+        cls, p: _Problems, value: object, path: str, *, size_required: bool = True
+    ) -> DiskSpec:
         data = _mapping(p, value, path)
+        name = _required(p, data, "name", path, validate_dns1123_label) or ""
+        if data.get("size") is None and size_required:
+            p.add(f"{path}.size", "is required unless spec.source is set")
         size = _optional(p, data, "size", path, parse_bytes)
         if size == 0:
             p.add(f"{path}.size", "must be greater than zero")
         return cls(
-            name=_required(p, data, "name", path, validate_dns1123_label) or "",
+            name=name,
             size_bytes=size,
             storage=_optional(p, data, "storage", path, parse_storage_url),
             bus=_enum(p, data, "bus", path, DiskBus, default=DiskBus.VIRTIO),
@@ -423,26 +428,21 @@ class VirtualNodeSpec:
     @classmethod
     def _parse(cls, p: _Problems, value: object, path: str) -> VirtualNodeSpec:
         data = _mapping(p, value, path)
-        nics = tuple(
-            NicSpec._parse(p, item, f"{path}.nics[{i}]")
-            for i, item in enumerate(_items(p, data, "nics", path))
-        )
-        disks = tuple(
-            DiskSpec._parse(p, item, f"{path}.disks[{i}]")
-            for i, item in enumerate(_items(p, data, "disks", path))
-        )
-        source = (
-            None
-            if data.get("source") is None
-            else SourceSpec._parse(p, data.get("source"), f"{path}.source")
-        )
+        has_source = data.get("source") is not None
+        # Keyword arguments are evaluated in order: problems are reported in field order.
         spec = cls(
             host_ref=_optional(p, data, "hostRef", path, validate_dns1123_subdomain),
             cpus=_int(p, data, "cpus", path, 1, minimum=1),
             memory_bytes=_memory(p, data, path),
-            nics=nics,
-            disks=disks,
-            source=source,
+            nics=tuple(
+                NicSpec._parse(p, item, f"{path}.nics[{i}]")
+                for i, item in enumerate(_items(p, data, "nics", path))
+            ),
+            disks=tuple(
+                DiskSpec._parse(p, item, f"{path}.disks[{i}]", size_required=not has_source)
+                for i, item in enumerate(_items(p, data, "disks", path))
+            ),
+            source=SourceSpec._parse(p, data["source"], f"{path}.source") if has_source else None,
             boot_order=_boot_order(p, data, path),
             serial=SerialSpec._parse(p, data.get("serial"), f"{path}.serial"),
             vnc=VncSpec._parse(p, data.get("vnc"), f"{path}.vnc"),
@@ -471,9 +471,6 @@ class VirtualNodeSpec:
         duplicate_names = _duplicates(names)
         for position in duplicate_names:
             p.add(f"{path}.disks[{position}].name", f"{names[position]!r} is used twice")
-        for position, disk in enumerate(self.disks):
-            if disk.size_bytes is None and self.source is None:
-                p.add(f"{path}.disks[{position}].size", "is required unless spec.source is set")
         if not duplicate_names and all(names):
             pairs = [(disk.name, str(disk.bus)) for disk in self.disks]
             p.check(lambda _, field: devicenames.target_devs(pairs, field), None, f"{path}.disks")
@@ -519,6 +516,13 @@ class SecretKeyRef:
     name: str
     namespace: str
     key: str = "ssh-privatekey"
+
+    @classmethod
+    def _parse_required(cls, p: _Problems, data: Mapping[str, object], path: str) -> SecretKeyRef:
+        if data.get("sshKeySecretRef") is None:
+            p.add(f"{path}.sshKeySecretRef", "is required")
+            return cls("", "")
+        return cls._parse(p, data["sshKeySecretRef"], f"{path}.sshKeySecretRef")
 
     @classmethod
     def _parse(cls, p: _Problems, value: object, path: str) -> SecretKeyRef:
@@ -684,15 +688,10 @@ class KvmHostSpec:
     @classmethod
     def _parse(cls, p: _Problems, value: object, path: str) -> KvmHostSpec:
         data = _mapping(p, value, path)
-        ref = data.get("sshKeySecretRef")
-        if ref is None:
-            p.add(f"{path}.sshKeySecretRef", "is required")
         port = data.get("port")
         spec = cls(
             address=_required(p, data, "address", path, validate_host_address) or "",
-            ssh_key_secret_ref=SecretKeyRef("", "")
-            if ref is None
-            else SecretKeyRef._parse(p, ref, f"{path}.sshKeySecretRef"),
+            ssh_key_secret_ref=SecretKeyRef._parse_required(p, data, path),
             port=22 if port is None else p.check(validate_port, port, f"{path}.port") or 22,
             user=_optional(p, data, "user", path, validate_user_name) or "root",
             host_key=_optional(p, data, "hostKey", path, validate_host_public_key),

@@ -111,7 +111,7 @@ def parse_storage_url(value: object, field: str = "url") -> StorageURL:
     if value.startswith("dir://"):
         rest = value[len("dir://") :]
         if not rest.startswith("/"):
-            fail(field, f"{show(value)}: a dir URL has no host part; write dir:///abs/path")
+            fail(field, f"{show(value)}: a dir URL has no host part (write dir:///abs/path)")
         return StorageURL(StorageKind.DIR, validate_absolute_path(rest, field))
     if value.startswith("phy:"):
         rest = value[len("phy:") :]
