@@ -17,7 +17,9 @@ set -euo pipefail
 K8S_VERSION=1.20.2
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${KVMFLEET_CACHE:-${HOME}/.cache/kvmfleet}"
-BIN_DIR="${CACHE}/kubernetes-${K8S_VERSION}/bin"
+# BUILD_REV changes whenever the patches below change, so cached binaries are rebuilt.
+BUILD_REV=2
+BIN_DIR="${CACHE}/kubernetes-${K8S_VERSION}-r${BUILD_REV}/bin"
 RUN_DIR="${KVMFLEET_RUN_DIR:-${REPO}/.run}"
 STATE="${RUN_DIR}/cluster"
 API_PORT="${KVMFLEET_API_PORT:-16443}"
@@ -101,6 +103,20 @@ cmd_build() {
         rm -rf "${tree}/vendor/github.com/modern-go/reflect2"
         cp -r "${r2}" "${tree}/vendor/github.com/modern-go/reflect2"
     fi
+
+    # Built with Go 1.19, the vendored OpenAPI type validator compares reflect.Values with
+    # DeepEqual and takes every empty string for null: a CR with `message: ""` in a typed
+    # string field is refused ("must be of type string: null"). Official 1.20.2 builds
+    # accept it; test only for nil, as later kube-openapi releases do.
+    local tv
+    for tv in vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go \
+              vendor/github.com/go-openapi/validate/type.go; do
+        [ -f "${tree}/${tv}" ] || continue
+        if grep -q 'data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))' "${tree}/${tv}"; then
+            say "patching ${tv} (empty strings are not null)"
+            sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' "${tree}/${tv}"
+        fi
+    done
 
     say "building kube-apiserver, kube-controller-manager and kubectl ${K8S_VERSION} (about 5 minutes on 2 cores)"
     mkdir -p "${tree}/.go/src/k8s.io"

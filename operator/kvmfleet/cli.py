@@ -15,7 +15,7 @@ from kvmfleet.settings import Settings
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvmfleet",
-        description="Run a fleet of KVM hypervisors and their VMs from Kubernetes custom resources.",
+        description="Run KVM hypervisors and their VMs from Kubernetes custom resources.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
@@ -23,7 +23,11 @@ def _parser() -> argparse.ArgumentParser:
         help="start the operator (uses in-cluster credentials or the current kubeconfig)",
     )
     run.add_argument(
-        "-n", "--namespace", action="append", dest="namespaces", metavar="NS",
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
         help="watch VirtualNodes/VmMasters only in this namespace (repeatable; default: all)",
     )
     run.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 8080)")
@@ -47,7 +51,8 @@ def run_operator(settings: Settings) -> None:
     kopf.configure(verbose=settings.verbose, log_format=kopf.LogFormat.PLAIN)
     liveness = (
         f"http://{settings.bind_address}:{settings.health_port}/healthz"
-        if settings.health_port else None
+        if settings.health_port
+        else None
     )
     memo = kopf.Memo(ctx=Context.create(settings))
     asyncio.run(

@@ -21,6 +21,8 @@ counters, `_seconds` for durations, `_bytes` for sizes). Exported on :8080/metri
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -28,50 +30,79 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 RECONCILE_TOTAL = Counter(
-    "kvmfleet_reconcile_total", "Reconciliations by kind and result.",
-    ["kind", "result"], registry=REGISTRY,
+    "kvmfleet_reconcile_total",
+    "Reconciliations by kind and result.",
+    ["kind", "result"],
+    registry=REGISTRY,
 )
 RECONCILE_DURATION = Histogram(
-    "kvmfleet_reconcile_duration_seconds", "Time spent in one reconciliation.",
-    ["kind"], buckets=_DURATION_BUCKETS, registry=REGISTRY,
+    "kvmfleet_reconcile_duration_seconds",
+    "Time spent in one reconciliation.",
+    ["kind"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
 )
 RESOURCE_READY = Gauge(
-    "kvmfleet_resource_ready", "1 when the object's Ready condition is True.",
-    ["kind", "namespace", "name"], registry=REGISTRY,
+    "kvmfleet_resource_ready",
+    "1 when the object's Ready condition is True.",
+    ["kind", "namespace", "name"],
+    registry=REGISTRY,
 )
 HOST_UP = Gauge(
-    "kvmfleet_host_up", "1 when the host answered the last probe.", ["host"], registry=REGISTRY,
+    "kvmfleet_host_up",
+    "1 when the host answered the last probe.",
+    ["host"],
+    registry=REGISTRY,
 )
 HOST_PROBE_DURATION = Histogram(
-    "kvmfleet_host_probe_duration_seconds", "Duration of one host probe.",
-    ["host"], buckets=_DURATION_BUCKETS, registry=REGISTRY,
+    "kvmfleet_host_probe_duration_seconds",
+    "Duration of one host probe.",
+    ["host"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
 )
 HOST_CPUS = Gauge(
-    "kvmfleet_host_cpus", "Host CPUs by kind (capacity, allocatable, allocated).",
-    ["host", "kind"], registry=REGISTRY,
+    "kvmfleet_host_cpus",
+    "Host CPUs by kind (capacity, allocatable, allocated).",
+    ["host", "kind"],
+    registry=REGISTRY,
 )
 HOST_MEMORY = Gauge(
-    "kvmfleet_host_memory_bytes", "Host memory by kind (capacity, allocatable, allocated).",
-    ["host", "kind"], registry=REGISTRY,
+    "kvmfleet_host_memory_bytes",
+    "Host memory by kind (capacity, allocatable, allocated).",
+    ["host", "kind"],
+    registry=REGISTRY,
 )
 HOST_DOMAINS = Gauge(
-    "kvmfleet_host_domains", "libvirt domains defined on the host.", ["host"], registry=REGISTRY,
+    "kvmfleet_host_domains",
+    "libvirt domains defined on the host.",
+    ["host"],
+    registry=REGISTRY,
 )
 VM_POWER_STATE = Gauge(
-    "kvmfleet_vm_power_state", "1 for the VM's observed power state.",
-    ["namespace", "name", "state"], registry=REGISTRY,
+    "kvmfleet_vm_power_state",
+    "1 for the VM's observed power state.",
+    ["namespace", "name", "state"],
+    registry=REGISTRY,
 )
 VM_OPERATIONS = Counter(
-    "kvmfleet_vm_operations_total", "VM operations by kind and result.",
-    ["operation", "result"], registry=REGISTRY,
+    "kvmfleet_vm_operations_total",
+    "VM operations by kind and result.",
+    ["operation", "result"],
+    registry=REGISTRY,
 )
 VM_OPERATION_DURATION = Histogram(
-    "kvmfleet_vm_operation_duration_seconds", "Duration of VM operations.",
-    ["operation"], buckets=_DURATION_BUCKETS, registry=REGISTRY,
+    "kvmfleet_vm_operation_duration_seconds",
+    "Duration of VM operations.",
+    ["operation"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
 )
 SSH_COMMANDS = Counter(
-    "kvmfleet_ssh_commands_total", "Remote commands run over SSH.",
-    ["host", "result"], registry=REGISTRY,
+    "kvmfleet_ssh_commands_total",
+    "Remote commands run over SSH.",
+    ["host", "result"],
+    registry=REGISTRY,
 )
 
 POWER_STATES = ("On", "Off", "Paused", "Crashed", "Unknown")
@@ -84,16 +115,12 @@ def set_ready(kind: str, namespace: str, name: str, ready: bool) -> None:
 
 def forget(kind: str, namespace: str, name: str) -> None:
     """Drop the series of a deleted object."""
-    try:
+    with contextlib.suppress(KeyError):
         RESOURCE_READY.remove(kind, namespace, name)
-    except KeyError:
-        pass
     if kind == "VirtualNode":
         for state in POWER_STATES:
-            try:
+            with contextlib.suppress(KeyError):
                 VM_POWER_STATE.remove(namespace, name, state)
-            except KeyError:
-                pass
 
 
 def set_power_state(namespace: str, name: str, state: str) -> None:

@@ -25,9 +25,7 @@ async def configure(
     # Kopf keeps its bookkeeping in status.kopf, never in metadata: kvmfleet only adds its
     # finalizer and labels to metadata (GitOps tools own the rest).
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
-        field="status.kopf.diffbase"
-    )
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     settings.posting.level = logging.WARNING
     settings.watching.connect_timeout = 30
     settings.watching.server_timeout = 300
@@ -38,7 +36,10 @@ async def configure(
     metrics.serve(config.metrics_port, config.bind_address)
     logger.info(
         "kvmfleet %s started (namespaces: %s, metrics :%s, health :%s)",
-        __version__, ", ".join(config.namespaces) or "all", config.metrics_port, config.health_port,
+        __version__,
+        ", ".join(config.namespaces) or "all",
+        config.metrics_port,
+        config.health_port,
     )
 
 

@@ -47,11 +47,13 @@ class KubeApi:
     def connect(cls) -> KubeApi:
         """Use in-cluster credentials when present, else the current kubeconfig."""
         try:
-            kubernetes.config.load_incluster_config()
+            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
+            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
         api = kubernetes.client.ApiClient()
-        return cls(core=kubernetes.client.CoreV1Api(api), custom=kubernetes.client.CustomObjectsApi(api))
+        return cls(
+            core=kubernetes.client.CoreV1Api(api), custom=kubernetes.client.CustomObjectsApi(api)
+        )
 
     def read_secret_value(self, namespace: str, name: str, key: str) -> bytes:
         """One value of a Secret, decoded. Never logged."""

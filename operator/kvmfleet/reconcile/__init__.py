@@ -1,1 +1,1 @@
-"""Use-cases: observe the world, decide with the domain layer, act through adapters, report status."""
+"""Use-cases: observe the world, decide with the domain layer, act through adapters."""

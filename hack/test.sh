@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The test command: installs everything it needs, then runs the checks and the whole suite.
+#
+#   hack/test.sh              lint (ruff), types (mypy --strict), layering (import-linter),
+#                             unit tests, and integration tests against a real kube-apiserver
+#                             1.20.2 and the real hypervisor testbed (libvirtd/QEMU/sshd/NFS).
+#   hack/test.sh -k EXPR ...  extra arguments go to pytest.
+#
+# It builds/starts what is missing (control plane: hack/cluster.sh, testbed: hack/testbed.sh)
+# and stops again what it started itself, unless KVMFLEET_KEEP=1.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${REPO}"
+say() { printf '[test] %s\n' "$*" >&2; }
+
+# shellcheck source=hack/lib/deps.sh
+source "${REPO}/hack/lib/deps.sh"
+install_system_deps
+ensure_venv
+VENV="${REPO}/.venv"
+
+say "ruff"
+"${VENV}/bin/ruff" check operator tests
+say "mypy --strict"
+"${VENV}/bin/mypy" --strict operator/kvmfleet
+say "import-linter (layering)"
+"${VENV}/bin/lint-imports"
+
+started_cluster=0
+if ! bash hack/cluster.sh status >/dev/null 2>&1; then
+    bash hack/cluster.sh up
+    started_cluster=1
+fi
+started_testbed=0
+if [ -x hack/testbed.sh ] && ! bash hack/testbed.sh status >/dev/null 2>&1; then
+    bash hack/testbed.sh up
+    started_testbed=1
+fi
+cleanup() {
+    if [ "${KVMFLEET_KEEP:-0}" != "1" ]; then
+        [ "${started_testbed}" = 1 ] && bash hack/testbed.sh down || true
+        [ "${started_cluster}" = 1 ] && bash hack/cluster.sh down || true
+    fi
+}
+trap cleanup EXIT
+
+say "pytest"
+export KVMFLEET_KEEP_CLUSTER=1 KVMFLEET_KEEP_TESTBED=1
+"${VENV}/bin/python" -m pytest "$@"

@@ -1,0 +1,38 @@
+"""Kopf handlers for VirtualNode: provision and change on spec edits, sync power, remove."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from kvmfleet.handlers import common
+from kvmfleet.reconcile import virtualnodes
+from kvmfleet.reconcile.context import Context
+from kvmfleet.reconcile.resource import Resource
+from kvmfleet.settings import GROUP, VERSION
+
+KIND = "VirtualNode"
+RESOURCE = (GROUP, VERSION, "virtualnodes")
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE)
+async def reconcile(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Bring the VM to its spec: schedule, make disks, define, power."""
+    ctx: Context = memo["ctx"]
+    resource = Resource.from_body(body)
+    await common.run(KIND, body, patch, logger, lambda: virtualnodes.reconcile(ctx, resource))
+
+
+@kopf.on.delete(*RESOURCE)
+async def remove(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Shut down, undefine and (by reclaimPolicy) delete the disks (`rmvm`)."""
+    ctx: Context = memo["ctx"]
+    resource = Resource.from_body(body)
+    await common.run(KIND, body, patch, logger, lambda: virtualnodes.remove(ctx, resource))

@@ -1,0 +1,75 @@
+"""Fixtures for tests against the real local control plane (hack/cluster.sh)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.cluster import Kubectl, OperatorProcess, cluster_env
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_DIR = Path(os.environ.get("KVMFLEET_RUN_DIR", REPO / ".run"))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Kubectl]:
+    """The real control plane: started if it is not up, CRDs applied and established."""
+    status = subprocess.run(
+        ["bash", str(REPO / "hack/cluster.sh"), "status"], capture_output=True, check=False
+    )
+    started_here = status.returncode != 0
+    if started_here:
+        subprocess.run(["bash", str(REPO / "hack/cluster.sh"), "up"], check=True)
+    env = cluster_env()
+    kubectl = Kubectl(env["KUBECONFIG"], str(Path(env["PATH"].split(":")[0]) / "kubectl"))
+    os.environ["KUBECONFIG"] = env["KUBECONFIG"]
+    kubectl.run("apply", "-f", str(REPO / "crds"))
+    kubectl.run(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/kvmhosts.kvmfleet.io",
+        "crd/virtualnodes.kvmfleet.io",
+        "crd/vmmasters.kvmfleet.io",
+    )
+    # The OpenAPI document (what `kubectl explain` reads) is published a few seconds later.
+    deadline = time.monotonic() + 90
+    while kubectl.run("explain", "virtualnode.spec", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "CRD schemas never appeared in the OpenAPI document"
+        time.sleep(1)
+    yield kubectl
+    if started_here and not os.environ.get("KVMFLEET_KEEP_CLUSTER"):
+        subprocess.run(["bash", str(REPO / "hack/cluster.sh"), "down"], check=False)
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Kubectl, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator, running for the whole session against the real API server."""
+    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Kubectl) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.run("create", "namespace", name)
+    yield name
+    cluster.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration talks to the real control plane."""
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
