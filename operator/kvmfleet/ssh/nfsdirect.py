@@ -1,0 +1,98 @@
+"""NFS without a mount (nfsAccess Direct): remove files and read capacity through libnfs.
+
+QEMU and qemu-img reach an NFS export themselves through libnfs (`nfs://` URLs), so a
+host needs no kernel NFS client. Creating images works with qemu-img alone; removing
+them and reading the export's size does not, so a small FIXED Python program calls the
+same libnfs library QEMU uses (ctypes, no extra package). It is passed as one argv
+element and the URL as another: nothing of the URL is ever interpreted by a shell.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from kvmfleet.domain.storage_urls import StorageKind, StorageURL
+
+_PROGRAM = r"""
+import ctypes, ctypes.util, json, sys
+op, url = sys.argv[1], sys.argv[2]
+lib = ctypes.CDLL(ctypes.util.find_library("nfs") or "libnfs.so.13")
+class Url(ctypes.Structure):
+    _fields_ = [("server", ctypes.c_char_p), ("path", ctypes.c_char_p), ("file", ctypes.c_char_p)]
+lib.nfs_init_context.restype = ctypes.c_void_p
+lib.nfs_get_error.restype = ctypes.c_char_p
+lib.nfs_get_error.argtypes = [ctypes.c_void_p]
+for name in ("nfs_parse_url_full", "nfs_parse_url_dir"):
+    getattr(lib, name).restype = ctypes.POINTER(Url)
+    getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+lib.nfs_mount.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+lib.nfs_unlink.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+lib.nfs_statvfs.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+ctx = lib.nfs_init_context()
+def fail(what):
+    err = (lib.nfs_get_error(ctx) or b"").decode(errors="replace")
+    print(json.dumps({"ok": False, "error": what + ": " + err}))
+    sys.exit(3)
+u = (lib.nfs_parse_url_full if op == "unlink" else lib.nfs_parse_url_dir)(ctx, url.encode())
+if not u:
+    fail("cannot parse the URL")
+if lib.nfs_mount(ctx, u.contents.server, u.contents.path) != 0:
+    fail("cannot reach the export")
+if op == "unlink":
+    rc = lib.nfs_unlink(ctx, u.contents.file)
+    if rc not in (0, -2):
+        fail("cannot remove the file")
+    print(json.dumps({"ok": True, "removed": rc == 0}))
+else:
+    buf = (ctypes.c_ulong * 20)()
+    if lib.nfs_statvfs(ctx, b"/", buf) != 0:
+        fail("cannot read the export's size")
+    size, free = buf[1] * buf[2], buf[1] * buf[4]
+    print(json.dumps({"ok": True, "capacityBytes": size, "availableBytes": free}))
+"""
+
+
+@dataclass(frozen=True)
+class NfsResult:
+    """What the program reported."""
+
+    ok: bool
+    error: str = ""
+    removed: bool = False
+    capacity_bytes: int | None = None
+    available_bytes: int | None = None
+
+
+def _url(storage: StorageURL, file_name: str | None = None) -> str:
+    if storage.kind is not StorageKind.NFS or not storage.server:
+        raise ValueError(f"not an NFS storage URL: {storage}")
+    path = storage.path.rstrip("/")
+    return f"nfs://{storage.server}{path}/{file_name}" if file_name else f"nfs://{storage.server}{path}"
+
+
+def unlink_argv(storage: StorageURL, file_name: str) -> list[str]:
+    """argv that removes one file from the export (already gone counts as done)."""
+    if "/" in file_name or file_name in ("", ".", ".."):
+        raise ValueError(f"not a plain file name: {file_name!r}")
+    return ["python3", "-c", _PROGRAM, "unlink", _url(storage, file_name)]
+
+
+def statvfs_argv(storage: StorageURL) -> list[str]:
+    """argv that reports the export's capacity and free space."""
+    return ["python3", "-c", _PROGRAM, "statvfs", _url(storage)]
+
+
+def parse(stdout: str) -> NfsResult:
+    """Read the program's one JSON line."""
+    try:
+        data = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return NfsResult(ok=False, error=f"unexpected output: {stdout[:200]!r}")
+    return NfsResult(
+        ok=bool(data.get("ok")),
+        error=str(data.get("error", "")),
+        removed=bool(data.get("removed", False)),
+        capacity_bytes=data.get("capacityBytes"),
+        available_bytes=data.get("availableBytes"),
+    )
