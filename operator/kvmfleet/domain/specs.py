@@ -21,7 +21,6 @@ from kvmfleet.domain.quantities import GIB, bytes_to_kib, bytes_to_mib, parse_by
 from kvmfleet.domain.storage_urls import NfsAccess, StorageKind, StorageURL, parse_storage_url
 from kvmfleet.domain.validation import (
     host_for_uri,
-    require_string,
     show,
     validate_dns1123_label,
     validate_dns1123_subdomain,
@@ -29,6 +28,7 @@ from kvmfleet.domain.validation import (
     validate_host_address,
     validate_host_public_key,
     validate_interface_name,
+    validate_libvirt_uri,
     validate_port,
     validate_secret_key,
     validate_user_name,
@@ -36,6 +36,8 @@ from kvmfleet.domain.validation import (
 from kvmfleet.errors import InvalidSpecError
 
 __all__ = [
+    "MAX_CPUS",
+    "SERIAL_SPEEDS",
     "BootDevice",
     "BridgeSpec",
     "CloneMode",
@@ -116,15 +118,17 @@ class CloneMode(StrEnum):
     DETACHED = "Detached"
 
 
-SERIAL_SPEEDS = frozenset(
-    {1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600}
-)
-"""Baud rates accepted for ``spec.serial.speed``."""
+SERIAL_SPEEDS = frozenset({9600, 19200, 38400, 57600, 115200})
+"""Baud rates accepted for ``spec.serial.speed`` (as the CRD's enum)."""
 
 MAX_SERIAL_PORT = 3
 """ISA serial ports ttyS0-ttyS3."""
 
 MIN_MEMORY_BYTES = 1024**2
+MAX_CPUS = 512
+MAX_SHUTDOWN_GRACE_SECONDS = 3600
+MIN_OVERCOMMIT = 0.1
+MAX_OVERCOMMIT = 64.0
 
 
 class _Problems:
@@ -197,8 +201,11 @@ def _number(p: _Problems, data: Mapping[str, object], key: str, path: str, defau
     if isinstance(value, bool) or not isinstance(value, int | float):
         p.add(f"{path}.{key}", f"must be a number, not {show(value)}")
         return default
-    if not value > 0 or value == float("inf"):
-        p.add(f"{path}.{key}", f"must be a finite number > 0 (got {value})")
+    if not MIN_OVERCOMMIT <= value <= MAX_OVERCOMMIT:
+        p.add(
+            f"{path}.{key}",
+            f"must be between {MIN_OVERCOMMIT} and {MAX_OVERCOMMIT:g} (got {value})",
+        )
         return default
     return float(value)
 
@@ -432,7 +439,7 @@ class VirtualNodeSpec:
         # Keyword arguments are evaluated in order: problems are reported in field order.
         spec = cls(
             host_ref=_optional(p, data, "hostRef", path, validate_dns1123_subdomain),
-            cpus=_int(p, data, "cpus", path, 1, minimum=1),
+            cpus=_int(p, data, "cpus", path, 1, minimum=1, maximum=MAX_CPUS),
             memory_bytes=_memory(p, data, path),
             nics=tuple(
                 NicSpec._parse(p, item, f"{path}.nics[{i}]")
@@ -453,7 +460,13 @@ class VirtualNodeSpec:
                 p, data, "reclaimPolicy", path, ReclaimPolicy, default=ReclaimPolicy.RETAIN
             ),
             shutdown_grace_period_seconds=_int(
-                p, data, "shutdownGracePeriodSeconds", path, 60, minimum=0
+                p,
+                data,
+                "shutdownGracePeriodSeconds",
+                path,
+                60,
+                minimum=0,
+                maximum=MAX_SHUTDOWN_GRACE_SECONDS,
             ),
             os=_optional(p, data, "os", path, validate_free_text),
             arch=_optional(p, data, "arch", path, validate_free_text),
@@ -590,59 +603,6 @@ class Overcommit:
         )
 
 
-_URI_SCHEMES = (
-    "qemu://",
-    "qemu+ssh://",
-    "qemu+libssh://",
-    "qemu+libssh2://",
-    "qemu+tcp://",
-    "qemu+tls://",
-)
-_URI_QUERY_KEYS = frozenset(
-    {
-        "keyfile",
-        "known_hosts",
-        "known_hosts_verify",
-        "no_verify",
-        "no_tty",
-        "sshauth",
-        "mode",
-        "proxy",
-        "pkipath",
-    }
-)
-_URI_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._~%/:,+-")
-
-
-def validate_libvirt_uri(value: object, field: str = "libvirtURI") -> str:
-    """A remote ``qemu`` libvirt URI ending in ``/system`` or ``/session``.
-
-    Only the remote transports ssh, libssh, libssh2, tcp and tls (``ext`` and ``unix``
-    would run or reach something local) and only the query parameters of
-    ``_URI_QUERY_KEYS`` are accepted (``command=``/``netcat=``/``socket=`` would run or
-    reach arbitrary programs).
-    """
-    text = require_string(value, field)
-    scheme = next((s for s in _URI_SCHEMES if text.startswith(s)), None)
-    if scheme is None:
-        raise InvalidSpecError(
-            f"{field}: {show(text)} must start with one of {', '.join(_URI_SCHEMES)}"
-        )
-    rest, _, query = text[len(scheme) :].partition("?")
-    authority, slash, endpoint = rest.partition("/")
-    if not slash or endpoint not in {"system", "session"}:
-        raise InvalidSpecError(f"{field}: {show(text)} must end in /system or /session")
-    if any(char not in _URI_SAFE | {"@", "[", "]"} for char in authority):
-        raise InvalidSpecError(f"{field}: {show(text)} has unsafe characters in its host part")
-    for parameter in filter(None, query.split("&")):
-        key, _, parameter_value = parameter.partition("=")
-        if key not in _URI_QUERY_KEYS:
-            raise InvalidSpecError(f"{field}: the URI parameter {key!r} is not allowed")
-        if any(char not in _URI_SAFE for char in parameter_value):
-            raise InvalidSpecError(f"{field}: the URI parameter {key!r} has unsafe characters")
-    return text
-
-
 @dataclass(frozen=True)
 class KvmHostSpec:
     """The spec of a KvmHost (a hypervisor reached over SSH), defaults applied."""
@@ -715,11 +675,18 @@ class KvmHostSpec:
             ),
             overcommit=Overcommit._parse(p, data.get("overcommit"), f"{path}.overcommit"),
         )
-        spec._check_relations(p, path, has_host_key=data.get("hostKey") is not None)
+        spec._check_relations(
+            p,
+            path,
+            has_host_key=data.get("hostKey") is not None,
+            strict=data.get("hostKeyPolicy") in {None, HostKeyPolicy.STRICT.value},
+        )
         return spec
 
-    def _check_relations(self, p: _Problems, path: str, *, has_host_key: bool) -> None:
-        if self.host_key_policy is HostKeyPolicy.STRICT and not has_host_key:
+    def _check_relations(
+        self, p: _Problems, path: str, *, has_host_key: bool, strict: bool
+    ) -> None:
+        if strict and not has_host_key:
             p.add(
                 f"{path}.hostKey",
                 "is required when hostKeyPolicy is Strict (or use TrustOnFirstUse)",

@@ -257,6 +257,55 @@ def validate_host_public_key(value: object, field: str = "hostKey") -> str:
     return f"{key_type} {b64encode(raw).decode('ascii')}"
 
 
+LIBVIRT_URI_SCHEMES = ("qemu+ssh", "qemu+libssh", "qemu+libssh2")
+LIBVIRT_URI_PARAMETERS = frozenset({"mode", "proxy", "no_tty", "sshauth"})
+_URI_PARAMETER_VALUE = re.compile(r"[A-Za-z0-9._/:,+-]*")
+
+
+def validate_libvirt_uri(value: object, field: str = "libvirtURI") -> str:
+    """An SSH libvirt URI of a host's system instance: ``qemu+ssh://[user@]host[:port]/system``.
+
+    Only the SSH transports of :data:`LIBVIRT_URI_SCHEMES` and only the query parameters
+    of :data:`LIBVIRT_URI_PARAMETERS` are accepted: the operator supplies the key and the
+    host-key check itself (so ``keyfile``, ``known_hosts``, ``no_verify`` are refused),
+    and ``command``, ``netcat`` and ``socket`` would run or reach other programs.
+    IPv6 hosts go in brackets. Returned unchanged.
+    """
+    text = require_string(value, field)
+    scheme, separator, rest = text.partition("://")
+    if not separator or scheme not in LIBVIRT_URI_SCHEMES:
+        schemes = ", ".join(f"{name}://" for name in LIBVIRT_URI_SCHEMES)
+        fail(field, f"{show(text)} must start with one of {schemes}")
+    rest, question, query = rest.partition("?")
+    authority, _, endpoint = rest.partition("/")
+    if endpoint != "system":
+        fail(field, f"{show(text)} must name the system instance: .../system")
+    user, at, host_port = authority.rpartition("@")
+    if at:
+        validate_user_name(user, field)
+    if host_port.startswith("["):
+        host, _, after = host_port.partition("]")
+        host += "]"
+    else:
+        host, colon, port_text = host_port.partition(":")
+        after = colon + port_text
+    validate_host_address(host, field)
+    if after:
+        if not after.startswith(":") or not after[1:].isdigit():
+            fail(field, f"{show(text)}: the port must be a number")
+        validate_port(int(after[1:]), field)
+    if question and not query:
+        fail(field, f"{show(text)}: empty query")
+    for parameter in query.split("&") if query else []:
+        key, _, parameter_value = parameter.partition("=")
+        if key not in LIBVIRT_URI_PARAMETERS:
+            allowed = ", ".join(sorted(LIBVIRT_URI_PARAMETERS))
+            fail(field, f"the URI parameter {key!r} is not allowed (only {allowed})")
+        if not _URI_PARAMETER_VALUE.fullmatch(parameter_value):
+            fail(field, f"the URI parameter {key!r} has unsafe characters")
+    return text
+
+
 def validate_free_text(value: object, field: str, max_length: int = 253) -> str:
     """Informational text (os, arch, profile): printable, one line, bounded length.
 

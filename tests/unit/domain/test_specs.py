@@ -29,9 +29,9 @@ from kvmfleet.domain.specs import (
     VirtualNodeSpec,
     VmMasterSpec,
     VncSpec,
-    validate_libvirt_uri,
 )
 from kvmfleet.domain.storage_urls import parse_storage_url
+from kvmfleet.domain.validation import validate_libvirt_uri
 from kvmfleet.errors import InvalidSpecError
 
 _BLOB = len(b"ssh-ed25519").to_bytes(4, "big") + b"ssh-ed25519" + bytes(36)
@@ -214,7 +214,10 @@ def test_virtualnode_all_fields() -> None:
         ),
         ({"bootOrder": ["hd", "hd"]}, ["spec.bootOrder[1]: 'hd' is listed twice"]),
         ({"serial": {"port": 4}}, ["spec.serial.port: must be <= 3 (got 4)"]),
-        ({"serial": {"speed": 115201}}, ["spec.serial.speed: must be one of 1200, 2400"]),
+        (
+            {"serial": {"speed": 115201}},
+            ["spec.serial.speed: must be one of 9600, 19200, 38400, 57600, 115200 (got 115201)"],
+        ),
         ({"vnc": {"enabled": "yes"}}, ["spec.vnc.enabled: must be true or false, not 'yes'"]),
         ({"vnc": True}, ["spec.vnc: must be an object, not bool"]),
         (
@@ -336,8 +339,16 @@ def test_kvmhost_all_fields() -> None:
     assert spec.ssh_key_secret_ref.key == "id_ed25519"
 
 
+def test_kvmhost_bad_policy_does_not_also_demand_a_host_key() -> None:
+    with pytest.raises(InvalidSpecError) as caught:
+        KvmHostSpec.from_dict({**MINIMAL_HOST, "hostKey": None, "hostKeyPolicy": "AcceptAny"})
+    assert problems(caught.value) == [
+        "spec.hostKeyPolicy: must be one of Strict, TrustOnFirstUse (got 'AcceptAny')"
+    ]
+
+
 def test_kvmhost_libvirt_uri_override() -> None:
-    uri = "qemu+ssh://root@10.77.0.11/system?keyfile=/run/kvmfleet/key&no_verify=1"
+    uri = "qemu+libssh2://root@10.77.0.11:2222/system?sshauth=privkey"
     spec = KvmHostSpec.from_dict({**MINIMAL_HOST, "libvirtURI": uri})
     assert spec.effective_libvirt_uri == uri
 
@@ -396,7 +407,7 @@ def test_kvmhost_libvirt_uri_override() -> None:
             ["spec.allowedNamespaces[0]: 'Team' is not a DNS-1123 label"],
         ),
         ({"allowedNamespaces": ["a", "a"]}, ["spec.allowedNamespaces[1]: is listed twice"]),
-        ({"overcommit": {"cpu": 0}}, ["spec.overcommit.cpu: must be a finite number > 0 (got 0)"]),
+        ({"overcommit": {"cpu": 0}}, ["spec.overcommit.cpu: must be between 0.1 and 64 (got 0)"]),
         ({"overcommit": {"memory": "2"}}, ["spec.overcommit.memory: must be a number, not '2'"]),
     ],
 )
@@ -413,12 +424,13 @@ def test_kvmhost_rejects(changes: dict[str, Any], expected: list[str]) -> None:
 @pytest.mark.parametrize(
     "uri",
     [
+        "qemu+ssh://kvmhost1/system",
         "qemu+ssh://root@kvmhost1/system",
+        "qemu+ssh://root@10.77.0.11:2222/system",
         "qemu+ssh://root@[fd00::1]:2222/system",
-        "qemu+libssh2://root@h/system?known_hosts=/tmp/kh&sshauth=privkey",
-        "qemu+tls://h/system?pkipath=/etc/pki/kvmfleet",
-        "qemu+tcp://10.0.0.1:16509/system",
-        "qemu://h/session",
+        "qemu+libssh://kvm@h.lab/system?sshauth=privkey",
+        "qemu+libssh2://root@h/system?sshauth=privkey&no_tty=1",
+        "qemu+ssh://h/system?mode=direct&proxy=native",
     ],
 )
 def test_libvirt_uri_accepts(uri: str) -> None:
@@ -428,17 +440,37 @@ def test_libvirt_uri_accepts(uri: str) -> None:
 @pytest.mark.parametrize(
     ("uri", "fragment"),
     [
-        ("qemu+ext:///system?command=/bin/sh", "must start with"),
+        (
+            "qemu+ext:///system?command=/bin/sh",
+            "must start with one of qemu+ssh://, qemu+libssh://, qemu+libssh2://",
+        ),
         ("qemu+unix:///system", "must start with"),
+        ("qemu+tcp://h/system", "must start with"),
+        ("qemu://h/system", "must start with"),
         ("xen+ssh://h/system", "must start with"),
-        ("qemu+ssh://h/", "must end in /system"),
-        ("qemu+ssh://h/system/extra", "must end in /system"),
-        ("qemu+ssh://h;id/system", "unsafe characters in its host part"),
-        ("qemu+ssh://h/system?netcat=nc;id", "'netcat' is not allowed"),
+        ("qemu+ssh:/h/system", "must start with"),
+        ("qemu+ssh://h/session", "must name the system instance"),
+        ("qemu+ssh://h/", "must name the system instance"),
+        ("qemu+ssh://h", "must name the system instance"),
+        ("qemu+ssh://h/system/extra", "must name the system instance"),
+        ("qemu+ssh:///system", "must not be empty"),
+        ("qemu+ssh://h;id/system", "not a valid host name"),
+        ("qemu+ssh://-oProxyCommand=id/system", "not a valid host name"),
+        ("qemu+ssh://Root@h/system", "not a valid user name"),
+        ("qemu+ssh://a b@h/system", "not a valid user name"),
+        ("qemu+ssh://h:22x/system", "the port must be a number"),
+        ("qemu+ssh://h:0/system", "between 1 and 65535"),
+        ("qemu+ssh://h:99999/system", "between 1 and 65535"),
+        ("qemu+ssh://[fd00::1]x/system", "the port must be a number"),
+        ("qemu+ssh://h/system?", "empty query"),
+        ("qemu+ssh://h/system?netcat=nc", "'netcat' is not allowed"),
         ("qemu+ssh://h/system?command=/bin/sh", "'command' is not allowed"),
         ("qemu+ssh://h/system?socket=/x", "'socket' is not allowed"),
-        ("qemu+ssh://h/system?keyfile=/a$(id)", "'keyfile' has unsafe characters"),
-        ("qemu+ssh://h/system?keyfile=/a b", "'keyfile' has unsafe characters"),
+        ("qemu+ssh://h/system?keyfile=/k", "'keyfile' is not allowed"),
+        ("qemu+ssh://h/system?known_hosts=/k", "'known_hosts' is not allowed"),
+        ("qemu+ssh://h/system?no_verify=1", "'no_verify' is not allowed"),
+        ("qemu+ssh://h/system?mode=$(id)", "'mode' has unsafe characters"),
+        ("qemu+ssh://h/system?mode=a b", "'mode' has unsafe characters"),
     ],
 )
 def test_libvirt_uri_rejects(uri: str, fragment: str) -> None:
