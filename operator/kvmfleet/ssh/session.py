@@ -23,7 +23,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,9 +252,10 @@ def _transport_factory(preferred: Sequence[str]) -> Any:
 class SshSession:
     """One authenticated SSH connection (a paramiko SSHClient) to one host.
 
-    Connects in the constructor. Thread-safe: each :meth:`run` uses its own channel on the
-    shared transport. After a failure of the transport the session stays closed
-    (``is_active()`` is False); :class:`SshPool` replaces such sessions.
+    Connects in the constructor (to ``target``, or over ``sock`` when one is given: an
+    already connected stream socket, e.g. from a proxy). Thread-safe: each :meth:`run`
+    uses its own channel on the shared transport. After a failure of the transport the
+    session stays closed (``is_active()`` is False); :class:`SshPool` replaces it.
     """
 
     def __init__(
@@ -263,11 +264,13 @@ class SshSession:
         credentials: SshCredentials,
         host_key_check: HostKeyCheck,
         options: SshOptions | None = None,
+        *,
+        sock: socket.socket | None = None,
     ) -> None:
         self.target = target
         self.host_key_check = host_key_check
         self.options = options or SshOptions()
-        self._client = self._connect(credentials)
+        self._client = self._connect(credentials, sock)
         transport = self._client.get_transport()
         assert transport is not None
         self._transport = transport
@@ -278,10 +281,13 @@ class SshSession:
 
     # -- connection --
 
-    def _connect(self, credentials: SshCredentials) -> paramiko.SSHClient:
+    def _connect(
+        self, credentials: SshCredentials, sock: socket.socket | None
+    ) -> paramiko.SSHClient:
         where = self.target.host_port
         self.host_key_check.require_verifiable(where)
-        sock = self._open_socket()
+        if sock is None:
+            sock = self._open_socket()
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(policy_for(self.host_key_check))
         try:
@@ -517,6 +523,8 @@ def _describe(error: BaseException) -> str:
 
 
 _PoolKey = tuple[SshTarget, str, HostKeyCheck]
+SessionFactory = Callable[[SshTarget, SshCredentials, HostKeyCheck, SshOptions], SshSession]
+"""What :class:`SshPool` calls to connect (``SshSession`` itself by default)."""
 
 
 class SshPool:
@@ -529,8 +537,11 @@ class SshPool:
     one now expected is kept and reused.
     """
 
-    def __init__(self, options: SshOptions | None = None) -> None:
+    def __init__(
+        self, options: SshOptions | None = None, *, session_factory: SessionFactory | None = None
+    ) -> None:
         self.options = options or SshOptions()
+        self._factory: SessionFactory = session_factory or SshSession
         self._lock = threading.Lock()
         self._connect_locks: dict[tuple[SshTarget, str], threading.Lock] = {}
         self._sessions: dict[_PoolKey, SshSession] = {}
@@ -548,7 +559,7 @@ class SshPool:
                 existing = self._sessions.get(key) or self._adopt(key)
             if existing is not None and existing.is_active():
                 return existing
-            session = SshSession(target, credentials, host_key_check, self.options)
+            session = self._factory(target, credentials, host_key_check, self.options)
             with self._lock:
                 stale = [k for k in self._sessions if (k[0], k[1]) == identity]
                 old = [self._sessions.pop(k) for k in stale]
