@@ -53,12 +53,17 @@ check_run_dir() {
     esac
 }
 
-check_foreign() {
-    local foreign
-    foreign="$(foreign_holders)"
-    [[ -z "${foreign}" ]] && return 0
-    printf '%s\n' "${foreign}" >&2
-    die "another testbed (started from another run directory, see above) is running on this machine; stop it with its own 'hack/testbed.sh down' (or KVMFLEET_RUN_DIR=<its .run> hack/testbed.sh down) first"
+# take_over : only one testbed can run per machine (fixed bridge and addresses). A
+# testbed started from another run directory (an older clone, a previous CI run) is
+# stopped, and processes orphaned by a dead holder are swept.
+take_over() {
+    local pid tag
+    while read -r pid tag; do
+        [[ -n "${pid}" ]] || continue
+        warn "stopping a testbed started from another run directory: ${tag#"${TB_HOLDER_PREFIX}:"} (pid ${pid})"
+        stop_holder "${pid}" "${tag}"
+    done < <(foreign_holders)
+    sweep_orphans
 }
 
 # lock : serialize commands that change the testbed (several engineers and test
@@ -191,7 +196,7 @@ cmd_up() {
     check_run_dir
     t0="${EPOCHREALTIME}"
     lock
-    check_foreign
+    take_over
     mkdir -p "${TB_LOGS}" "${TB_PIDS}"
     umask 022
 

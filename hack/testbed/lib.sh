@@ -255,11 +255,12 @@ ns_members() {
     done
 }
 
-# stop_namespace NAME : stop every process in NAME's namespaces, then the holder.
-# Each pid is re-checked against the namespace right before it is signalled.
-stop_namespace() {
-    local name="$1" holder net mnt pids pid sig
-    holder="$(holder_pid "${name}")" || { rm -f "${TB_PIDS}/${name}.pid"; return 0; }
+# stop_holder PID TAG : stop every process in the namespaces of holder PID (whose
+# argv0 must be TAG), then the holder. Each pid is re-checked against the
+# namespaces right before it is signalled.
+stop_holder() {
+    local holder="$1" tag="$2" net mnt pids pid sig deadline
+    [[ "$(argv0 "${holder}" 2>/dev/null)" == "${tag}" ]] || return 0
     net="$(netns_of "${holder}")" mnt="$(mntns_of "${holder}")"
     for sig in TERM KILL; do
         mapfile -t pids < <(ns_members "${holder}")
@@ -270,18 +271,57 @@ stop_namespace() {
             fi
         done
         [[ "${sig}" == KILL ]] && break
-        local deadline=$(( $(now_s) + 15 ))
+        deadline=$(( $(now_s) + 15 ))
         while (( $(now_s) < deadline )); do
             mapfile -t pids < <(ns_members "${holder}")
             ((${#pids[@]})) || break
             sleep 0.2
         done
     done
-    if [[ "$(argv0 "${holder}" 2>/dev/null)" == "$(holder_tag "${name}")" ]]; then
+    if [[ "$(argv0 "${holder}" 2>/dev/null)" == "${tag}" ]]; then
         kill -TERM "${holder}" 2>/dev/null || true
-        wait_until 5 "the ${name} holder to exit" pid_gone "${holder}" || kill -KILL "${holder}" 2>/dev/null || true
+        wait_until 5 "holder ${holder} to exit" pid_gone "${holder}" || kill -KILL "${holder}" 2>/dev/null || true
+    fi
+}
+
+# stop_namespace NAME : stop NAME's namespaces (all their processes, then the holder).
+stop_namespace() {
+    local name="$1" holder
+    if holder="$(holder_pid "${name}")"; then
+        stop_holder "${holder}" "$(holder_tag "${name}")"
     fi
     rm -f "${TB_PIDS}/${name}.pid"
+}
+
+# sweep_orphans : processes left in testbed namespaces whose holder is gone (their
+# mount namespace has the testbed's /run/kvmfleet/setup.done marker, and no live
+# holder shares their network namespace).
+sweep_orphans() {
+    local p pid self_net net live=' ' a0 sig found
+    self_net="$(netns_of "$$")"
+    for p in /proc/[0-9]*; do
+        pid="${p#/proc/}"
+        a0="$(argv0 "${pid}" 2>/dev/null)" || continue
+        [[ "${a0}" == "${TB_HOLDER_PREFIX}:"* ]] && live+="$(netns_of "${pid}") "
+    done
+    for sig in TERM KILL; do
+        found=0
+        for p in /proc/[0-9]*; do
+            pid="${p#/proc/}"
+            net="$(netns_of "${pid}")" || continue
+            [[ -n "${net}" && "${net}" != "${self_net}" && "${live}" != *" ${net} "* ]] || continue
+            [[ -e "/proc/${pid}/root/run/kvmfleet/setup.done" ]] || continue
+            [[ "$(mntns_of "${pid}")" != "$(mntns_of "$$")" ]] || continue
+            if [[ "${sig}" == TERM ]]; then
+                warn "stopping orphaned testbed process ${pid} ($(tr '\0' ' ' <"/proc/${pid}/cmdline" | cut -c1-80))"
+            fi
+            kill "-${sig}" "${pid}" 2>/dev/null || true
+            found=1
+        done
+        ((found)) || break
+        [[ "${sig}" == TERM ]] && sleep 2
+    done
+    return 0
 }
 
 # foreign_holders : holders of a testbed started from another run directory.
