@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import socket
 import subprocess
 import time
@@ -56,11 +57,14 @@ def testbed() -> Iterator[dict[str, Any]]:
 
     Torn down at the end only if nothing of it was running before (status exit 3) and
     KVMFLEET_KEEP_TESTBED is unset; a testbed that was (partly) up is repaired and kept.
+    KVMFLEET_TESTBED_UP_ARGS adds options to `up`, e.g. "--kvm-hosts 2".
     """
     status = run_testbed("status", check=False)
     started_here = status.returncode == 3
     if status.returncode != 0:
-        run_testbed("up", timeout=1500)
+        run_testbed(
+            "up", *shlex.split(os.environ.get("KVMFLEET_TESTBED_UP_ARGS", "")), timeout=1500
+        )
     doc: dict[str, Any] = json.loads(HOSTS_JSON.read_text())
     yield doc
     if started_here and not os.environ.get("KVMFLEET_KEEP_TESTBED"):
@@ -331,51 +335,98 @@ def _nic_xml(host: Host, known_hosts: Path, mac: str) -> str:
     return f"{source}<mac address='{mac}'/><model type='virtio'/></interface>"
 
 
-def test_pxe_boot_of_a_diskless_vm_prints_the_guest_marker(
-    testbed: dict[str, Any], known_hosts: Path, strict_ssh: Path, tmp_path: Path
-) -> None:
-    # TCG (domain type qemu): the tiny guest kernel does not boot under nested KVM here.
-    emulated = [h for h in testbed["hosts"] if h["virtualization"] == "emulated"]
-    host = (emulated or testbed["hosts"])[0]
-    uri = libvirt_uri(host, strict_ssh)
-    name = f"tb-pxe-{secrets.token_hex(3)}"
-    mac = "52:54:00:77:{:02x}:{:02x}".format(*secrets.token_bytes(2))
-    serial_log = f"/var/log/libvirt/qemu/{name}.serial.log"
-    dhcp_entry = Path(testbed["pxe"]["dhcpHostsDir"]) / name
-    dhcp_entry.write_text(f"{mac},{name}\n")  # the DHCP host name the guest must report
-    domain = tmp_path / f"{name}.xml"
-    domain.write_text(f"""<domain type='qemu'>
-  <name>{name}</name>
+class PxeGuest:
+    """A diskless TCG VM that PXE-boots the testbed guest, its console in a file."""
+
+    def __init__(
+        self, testbed: dict[str, Any], host: Host, known_hosts: Path, strict_ssh: Path
+    ) -> None:
+        self.host = host
+        self.known_hosts = known_hosts
+        self.strict_ssh = strict_ssh
+        self.name = f"tb-pxe-{secrets.token_hex(3)}"
+        self.mac = "52:54:00:77:{:02x}:{:02x}".format(*secrets.token_bytes(2))
+        self.serial_log = f"/var/log/libvirt/qemu/{self.name}.serial.log"
+        self.dhcp_entry = Path(testbed["pxe"]["dhcpHostsDir"]) / self.name
+        self.hosts_seen = [host]
+
+    def xml(self) -> str:
+        # TCG (type qemu): the tiny guest kernel does not boot under nested KVM here.
+        return f"""<domain type='qemu'>
+  <name>{self.name}</name>
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='network'/></os>
   <devices>
-    {_nic_xml(host, known_hosts, mac)}
-    <serial type='file'><source path='{serial_log}'/><target port='0'/></serial>
+    {_nic_xml(self.host, self.known_hosts, self.mac)}
+    <serial type='file'><source path='{self.serial_log}'/><target port='0'/></serial>
   </devices>
 </domain>
-""")
-    try:
+"""
+
+    def start(self, tmp_path: Path) -> None:
+        self.dhcp_entry.write_text(f"{self.mac},{self.name}\n")  # its DHCP host name
+        domain = tmp_path / f"{self.name}.xml"
+        domain.write_text(self.xml())
+        uri = libvirt_uri(self.host, self.strict_ssh)
         virsh(uri, "define", str(domain))
-        started = time.monotonic()
-        virsh(uri, "start", name)
-        ready_at = None
-        ticks: list[int] = []
+        virsh(uri, "start", self.name)
+
+    def console(self, host: Host | None = None) -> str:
+        return on_host(
+            host or self.host, self.known_hosts, f"cat {self.serial_log} 2>/dev/null || true"
+        )
+
+    def wait_ticks(self, count: int, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
         text = ""
-        while time.monotonic() - started < 90:
+        while time.monotonic() < deadline:
             time.sleep(1)
-            text = on_host(host, known_hosts, f"cat {serial_log} 2>/dev/null || true")
+            text = self.console()
+            if len(ticks_of(text)) >= count:
+                break
+        return text
+
+    def cleanup(self) -> None:
+        for host in self.hosts_seen:
+            uri = libvirt_uri(host, self.strict_ssh)
+            virsh(uri, "destroy", self.name, check=False)
+            virsh(uri, "undefine", self.name, check=False)
+            on_host(host, self.known_hosts, f"rm -f {self.serial_log}", check=False)
+        self.dhcp_entry.unlink(missing_ok=True)
+
+
+def ticks_of(console: str) -> list[int]:
+    return [int(n) for n in re.findall(r"^KVMFLEET-TICK (\d+)\r?$", console, re.M)]
+
+
+def emulated_first(testbed: dict[str, Any]) -> list[Host]:
+    hosts: list[Host] = testbed["hosts"]
+    return sorted(hosts, key=lambda h: h["virtualization"] != "emulated")
+
+
+def test_pxe_boot_of_a_diskless_vm_prints_the_guest_marker(
+    testbed: dict[str, Any], known_hosts: Path, strict_ssh: Path, tmp_path: Path
+) -> None:
+    host = emulated_first(testbed)[0]
+    guest = PxeGuest(testbed, host, known_hosts, strict_ssh)
+    try:
+        started = time.monotonic()
+        guest.start(tmp_path)
+        ready_at = None
+        text = ""
+        while time.monotonic() - started < 90 and len(ticks_of(text)) < 2:
+            time.sleep(1)
+            text = guest.console()
             if ready_at is None and "KVMFLEET-GUEST-READY" in text:
                 ready_at = time.monotonic() - started
-            ticks = [int(n) for n in re.findall(r"^KVMFLEET-TICK (\d+)\r?$", text, re.M)]
-            if len(ticks) >= 2:
-                break
         tail = "\n".join(text.splitlines()[-25:])
         assert ready_at is not None, f"no KVMFLEET-GUEST-READY within 90 s; console:\n{tail}"
         ready = re.search(r"^KVMFLEET-GUEST-READY hostname=(\S+) mac=(\S*)", text, re.M)
         assert ready, tail
-        assert ready.group(1) == name, "the guest did not get its host name from DHCP"
-        assert ready.group(2) == mac
+        assert ready.group(1) == guest.name, "the guest did not get its host name from DHCP"
+        assert ready.group(2) == guest.mac
+        ticks = ticks_of(text)
         assert len(ticks) >= 2, f"fewer than two KVMFLEET-TICK lines; console:\n{tail}"
         assert ticks == sorted(set(ticks)) and ticks[-1] > ticks[0]
         # The address came from the testbed's DHCP range.
@@ -383,10 +434,45 @@ def test_pxe_boot_of_a_diskless_vm_prints_the_guest_marker(
         assert ip and 100 <= int(ip.group(2)) <= 199, "no DHCP address on the kernel command line"
         print(f"\nPXE boot on {host['name']}: marker after {ready_at:.1f} s")
     finally:
-        virsh(uri, "destroy", name, check=False)
-        virsh(uri, "undefine", name, check=False)
-        dhcp_entry.unlink(missing_ok=True)
-        on_host(host, known_hosts, f"rm -f {serial_log}", check=False)
+        guest.cleanup()
+
+
+def test_live_migration_between_hosts_keeps_the_guest_running(
+    testbed: dict[str, Any], known_hosts: Path, strict_ssh: Path, tmp_path: Path
+) -> None:
+    if len(testbed["hosts"]) < 2:
+        pytest.skip("live migration needs two hosts (hack/testbed.sh up --hosts 2)")
+    source, target = emulated_first(testbed)[:2]
+    guest = PxeGuest(testbed, source, known_hosts, strict_ssh)
+    guest.hosts_seen.append(target)
+    try:
+        guest.start(tmp_path)
+        before = ticks_of(guest.wait_ticks(2, 90))
+        assert len(before) >= 2, f"the guest did not boot on {source['name']}"
+        migrated = time.monotonic()
+        virsh(
+            libvirt_uri(source, strict_ssh),
+            "migrate", "--live", "--persistent", "--undefinesource", guest.name,
+            libvirt_uri(target, strict_ssh), f"tcp://{target['address']}",
+        )  # fmt: skip
+        took = time.monotonic() - migrated
+        target_uri = libvirt_uri(target, strict_ssh)
+        assert virsh(target_uri, "domstate", guest.name).stdout.strip() == "running"
+        job = virsh(target_uri, "domjobinfo", "--completed", guest.name).stdout
+        assert "Incoming migration" in job
+        deadline = time.monotonic() + 30
+        after: list[int] = []
+        while time.monotonic() < deadline and len(after) < 2:
+            time.sleep(1)
+            after = ticks_of(guest.console(target))
+        console = guest.console(target)
+        assert len(after) >= 2, f"the guest stopped counting on {target['name']}:\n{console}"
+        # The counter went on where it was: the guest was moved, not restarted.
+        assert "KVMFLEET-GUEST-READY" not in console
+        assert after[0] > before[-1] and after == sorted(set(after))
+        print(f"\nlive migration {source['name']} -> {target['name']}: {took:.1f} s")
+    finally:
+        guest.cleanup()
 
 
 def test_kvm_hosts_run_guests_with_hardware_acceleration(
