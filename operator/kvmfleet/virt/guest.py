@@ -38,6 +38,32 @@ UNDEFINE_FLAGS = (
 )
 """Undefine removes the managed save image, snapshot/checkpoint metadata and the NVRAM."""
 
+UNDEFINE_FALLBACKS = (
+    UNDEFINE_FLAGS,
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+    0,
+)
+"""Flag sets tried in turn when a driver refuses some flags ("unsupported flags")."""
+
+SHUTDOWN_FALLBACKS = (libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN, 0)
+"""ACPI power button; the driver's default method where ACPI cannot be asked for."""
+
+
+def call_with_flags(call: Any, flag_sets: tuple[int, ...]) -> Any:
+    """``call(flags)`` with the first flag set the driver accepts.
+
+    Falls back only on INVALID_ARG "unsupported flags" (an older libvirt or another
+    driver); any other error is raised.
+    """
+    for flags in flag_sets[:-1]:
+        try:
+            return call(flags)
+        except libvirt.libvirtError as error:
+            code, _, message = error_details(error)
+            if code != libvirt.VIR_ERR_INVALID_ARG or "unsupported flags" not in message:
+                raise
+    return call(flag_sets[-1])
+
 
 class PowerState(StrEnum):
     """A domain's power state as VirtualNode ``status.powerState`` reports it."""
@@ -163,8 +189,22 @@ class Guests:
     # -- definition --
 
     def define(self, xml: str) -> str:
-        """Define (or redefine) a persistent domain from XML; returns its UUID."""
-        name = _name_of(xml)
+        """Define (or redefine) a persistent domain from XML; returns its UUID.
+
+        An XML without ``<uuid>`` redefines an existing domain of the same name (libvirt
+        would otherwise refuse it as a second domain with that name).
+        """
+        root = _parse(xml)
+        name = (root.findtext("name") or "").strip() or "<unnamed>"
+        if root.find("uuid") is None:
+            try:
+                existing = self._domain(name)
+            except LibvirtNotFoundError:
+                existing = None
+            if existing is not None:
+                with libvirt_errors(self._context(name, "define")):
+                    ET.SubElement(root, "uuid").text = existing.UUIDString()
+                xml = ET.tostring(root, encoding="unicode")
         with libvirt_errors(self._context(name, "define")):
             return str(self._conn.defineXML(xml).UUIDString())
 
@@ -224,20 +264,27 @@ class Guests:
             return False
         return self._act(name_or_uuid, "start", lambda d: d.create(), invalid_means_done=True)
 
+    def _is_off(self, name_or_uuid: str) -> bool:
+        return self.state(name_or_uuid) in {PowerState.OFF, PowerState.CRASHED}
+
     def shutdown(self, name_or_uuid: str) -> bool:
         """Ask the guest to power off (ACPI power button); False if it is already off.
 
         Returns at once; the guest may ignore the request (see ``shutdownGracePeriod``).
         """
+        if self._is_off(name_or_uuid):
+            return False
         return self._act(
             name_or_uuid,
             "shutdown",
-            lambda d: d.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN),
+            lambda d: call_with_flags(d.shutdownFlags, SHUTDOWN_FALLBACKS),
             invalid_means_done=True,
         )
 
     def destroy(self, name_or_uuid: str) -> bool:
         """Power off at once (pull the plug); False if it was already off."""
+        if self.state(name_or_uuid) is PowerState.OFF:
+            return False
         return self._act(name_or_uuid, "destroy", lambda d: d.destroy(), invalid_means_done=True)
 
     def reboot(self, name_or_uuid: str) -> None:
@@ -260,7 +307,7 @@ class Guests:
             return False
         try:
             with libvirt_errors(self._context(name_or_uuid, "undefine")):
-                domain.undefineFlags(UNDEFINE_FLAGS)
+                call_with_flags(domain.undefineFlags, UNDEFINE_FALLBACKS)
         except LibvirtNotFoundError:
             return False
         except OperationInvalidError:
@@ -305,9 +352,8 @@ class Guests:
         return True
 
 
-def _name_of(xml: str) -> str:
+def _parse(xml: str) -> ET.Element:
     try:
-        root = ET.fromstring(xml)  # noqa: S314 - built by kvmfleet
+        return ET.fromstring(xml)  # noqa: S314 - built by kvmfleet
     except ET.ParseError as error:
         raise PermanentError(f"invalid domain XML: {error}", reason="InvalidDomainXML") from None
-    return (root.findtext("name") or "").strip() or "<unnamed>"
