@@ -876,7 +876,7 @@ CONTRACT = {
             "allowedNamespaces", "overcommit",
         },
         "status": {
-            "observedGeneration", "conditions", "hostKeyFingerprint", "capabilities",
+            "observedGeneration", "conditions", "hostKey", "hostKeyFingerprint", "capabilities",
             "allocated", "allocatable", "bridges", "storagePools", "domains", "lastProbeTime",
             "kopf",
             # Added for the printer columns (a list length or a ratio is not a JSONPath).

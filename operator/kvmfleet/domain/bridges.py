@@ -1,8 +1,8 @@
 """Bridge planning (xHRM `bridgeprereq eth0:br0`): from a host's observed links to `ip` commands.
 
 Pure: the caller observes the host (`ip -j -d link show`, `ip -j addr show`,
-`ip -j route show`), passes the parsed JSON here, and runs the planned lines with
-`ip -batch -` in ONE remote process. The order keeps the host reachable while the
+`ip -j route show`), hands what it parsed over as a HostNetwork, and runs the planned
+lines with `ip -batch -` in ONE remote process. The order keeps the host reachable while the
 address moves: the bridge gets the address and the routes before the NIC loses them,
 so the SSH session that does the work is never cut.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from kvmfleet.domain.validation import validate_interface_name
 from kvmfleet.errors import InvalidSpecError
@@ -31,10 +30,17 @@ class Link:
 
 @dataclass(frozen=True)
 class Address:
-    """One global address of an interface (`ip -j addr show`)."""
+    """One global address of an interface (`ip -j addr show`), checked to be one."""
 
     ifname: str
     cidr: str
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "cidr", str(ipaddress.ip_interface(self.cidr)))
+        except ValueError as error:
+            message = f"the host reported an unexpected address {self.cidr!r}"
+            raise InvalidSpecError(message) from error
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,14 @@ class Route:
     gateway: str
     dev: str
     metric: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            if self.dst != "default":
+                object.__setattr__(self, "dst", str(ipaddress.ip_network(self.dst, strict=False)))
+            object.__setattr__(self, "gateway", str(ipaddress.ip_address(self.gateway)))
+        except ValueError as error:
+            raise InvalidSpecError(f"the host reported an unexpected route {self}") from error
 
 
 @dataclass(frozen=True)
@@ -80,54 +94,6 @@ class BridgePlan:
     def ready(self) -> bool:
         """Nothing to do and nothing wrong."""
         return not self.commands and not self.problem
-
-
-def parse_network(
-    links_json: Sequence[Mapping[str, Any]],
-    addrs_json: Sequence[Mapping[str, Any]],
-    routes_json: Sequence[Mapping[str, Any]],
-) -> HostNetwork:
-    """Read the JSON of `ip -j -d link show`, `ip -j addr show` and `ip -j route show`."""
-    links: dict[str, Link] = {}
-    for item in links_json:
-        name = str(item.get("ifname", "")).split("@")[0]
-        if not name:
-            continue
-        info = item.get("linkinfo") or {}
-        data = info.get("info_data") or {}
-        delay = data.get("forward_delay")
-        links[name] = Link(
-            name=name,
-            kind=info.get("info_kind"),
-            master=item.get("master"),
-            up="UP" in (item.get("flags") or []),
-            forward_delay=int(delay) if delay is not None else None,
-        )
-    addresses = [
-        Address(str(item.get("ifname")), _cidr(f"{a.get('local')}/{a.get('prefixlen')}"))
-        for item in addrs_json
-        for a in item.get("addr_info") or []
-        if a.get("scope") == "global" and a.get("family") in ("inet", "inet6") and "local" in a
-    ]
-    routes = [
-        Route(
-            dst="default" if r.get("dst", "default") == "default" else _cidr(str(r["dst"])),
-            gateway=str(ipaddress.ip_address(str(r["gateway"]))),
-            dev=str(r.get("dev", "")),
-            metric=int(r["metric"]) if r.get("metric") is not None else None,
-        )
-        for r in routes_json
-        if r.get("gateway")
-    ]
-    return HostNetwork(links=links, addresses=addresses, routes=routes)
-
-
-def _cidr(text: str) -> str:
-    """An address/prefix as the host reported it, checked: nothing else reaches `ip -batch`."""
-    try:
-        return str(ipaddress.ip_interface(text if "/" in text else f"{text}/32"))
-    except ValueError as error:
-        raise InvalidSpecError(f"the host reported an unexpected address {text!r}") from error
 
 
 def plan_bridge(net: HostNetwork, bridge: str, interface: str) -> BridgePlan:

@@ -11,6 +11,8 @@ from typing import ParamSpec, TypeVar
 
 from kvmfleet.kube.api import KubeApi
 from kvmfleet.settings import Settings
+from kvmfleet.ssh.session import SshOptions, SshPool
+from kvmfleet.virt.connection import LibvirtPool
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -23,6 +25,12 @@ class Context:
     settings: Settings
     kube: KubeApi
     executor: ThreadPoolExecutor = field(repr=False)
+    ssh: SshPool = field(default_factory=SshPool, repr=False)
+    libvirt: LibvirtPool = field(default_factory=LibvirtPool, repr=False)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
+    """One lock per object key: a timer and a handler never work on one object at once."""
+    last_probe: dict[str, tuple[float, bool]] = field(default_factory=dict, repr=False)
+    """Per KvmHost: (monotonic time of the last probe, whether it ended Ready)."""
 
     @classmethod
     def create(cls, settings: Settings) -> Context:
@@ -30,7 +38,17 @@ class Context:
         executor = ThreadPoolExecutor(
             max_workers=settings.max_workers, thread_name_prefix="kvmfleet-io"
         )
-        return cls(settings=settings, kube=KubeApi.connect(), executor=executor)
+        options = SshOptions(
+            connect_timeout=settings.ssh_connect_timeout,
+            default_command_timeout=settings.ssh_command_timeout,
+        )
+        return cls(
+            settings=settings, kube=KubeApi.connect(), executor=executor, ssh=SshPool(options)
+        )
+
+    def lock(self, key: str) -> asyncio.Lock:
+        """The lock of one object (created on first use)."""
+        return self.locks.setdefault(key, asyncio.Lock())
 
     async def blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking call (libvirt, SSH, Kubernetes client) off the event loop."""
@@ -39,4 +57,6 @@ class Context:
 
     async def close(self) -> None:
         """Release threads and connections."""
+        await self.blocking(self.ssh.close_all)
+        await self.blocking(self.libvirt.close_all)
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)

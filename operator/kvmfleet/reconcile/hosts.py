@@ -1,28 +1,414 @@
-"""KvmHost use-cases: reach the host over SSH, check it, prepare bridges and storage, probe."""
+"""KvmHost use-cases: reach the host over SSH, check it, prepare bridges and storage, probe.
+
+One probe (`converge`) does it all, idempotently: it observes first and only changes
+what differs from the spec, so it serves creation, spec edits and the periodic drift
+check alike. A host that cannot be reached is reported `Reachable=False` and its other
+conditions `Unknown`: nothing is ever deleted or recreated because a host is silent.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
-from kvmfleet.domain.specs import KvmHostSpec
+from kvmfleet.domain.allocation import Resources, allocatable
+from kvmfleet.domain.conditions import Condition, Status
+from kvmfleet.domain.quantities import bytes_to_mib, parse_bytes
+from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
+from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError
+from kvmfleet.reconcile import hostnetwork, hoststorage
 from kvmfleet.reconcile.context import Context
+from kvmfleet.reconcile.hostsession import HostSession, connect
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
+from kvmfleet.ssh import facts, hostcmds
+from kvmfleet.ssh.errors import (
+    AuthenticationError,
+    HostKeyMismatchError,
+    HostKeyUnknownError,
+    HostUnreachableError,
+)
+from kvmfleet.virt.host import Host, HostFacts
+
+REACHABLE = "Reachable"
+HOST_KEY_VERIFIED = "HostKeyVerified"
+VIRTUALIZATION_CAPABLE = "VirtualizationCapable"
+LIBVIRT_READY = "LibvirtReady"
+BRIDGES_READY = "BridgesReady"
+STORAGE_READY = "StorageReady"
+HOST_CONDITIONS = (
+    REACHABLE,
+    HOST_KEY_VERIFIED,
+    VIRTUALIZATION_CAPABLE,
+    LIBVIRT_READY,
+    BRIDGES_READY,
+    STORAGE_READY,
+)
+NOT_READY_RETRY = 10.0
+"""Seconds between probes of a host that is not Ready (capped by the probe interval)."""
+HEARTBEAT_FACTOR = 10
+"""status.lastProbeTime is refreshed at least every this many probe intervals."""
 
 
 async def reconcile(ctx: Context, host: Resource) -> Outcome:
-    """Validate the spec and report the host's progress."""
-    spec = KvmHostSpec.from_dict(host.spec)
-    outcome = Outcome()
-    outcome.conditions = cond.summary(
-        ready=False, reason="Probing", message=f"probing {spec.address}:{spec.port}"
-    )
-    return outcome
+    """A spec change (or the operator's start): probe now."""
+    async with ctx.lock(f"kh/{host.name}"):
+        return await converge(ctx, host)
 
 
 async def probe(ctx: Context, host: Resource) -> Outcome:
-    """Nothing to do until a probe exists."""
-    return Outcome()
+    """The periodic check: probe when due (every host_probe_interval; sooner when not Ready)."""
+    last = ctx.last_probe.get(host.name)
+    if last is not None:
+        at, ready = last
+        interval = ctx.settings.host_probe_interval
+        due = interval if ready else min(interval, NOT_READY_RETRY)
+        if time.monotonic() - at < due:
+            return Outcome()
+    lock = ctx.lock(f"kh/{host.name}")
+    if lock.locked():
+        return Outcome()
+    async with lock:
+        return await converge(ctx, host)
 
 
 async def release(ctx: Context, host: Resource) -> None:
-    """Nothing is held for a host yet."""
+    """The KvmHost is deleted: forget its probe state and metrics (the host is left as it is)."""
+    ctx.last_probe.pop(host.name, None)
+    ctx.locks.pop(f"kh/{host.name}", None)
+    metrics.forget("KvmHost", "", host.name)
+    for gauge in (metrics.HOST_UP, metrics.HOST_DOMAINS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(host.name)
+
+
+async def converge(ctx: Context, host: Resource) -> Outcome:
+    """Observe the host and bring it to its spec; the Outcome carries the whole status."""
+    started = time.monotonic()
+    spec = KvmHostSpec.from_dict(host.spec)
+    outcome = Outcome()
+    try:
+        await _converge(ctx, host, spec, outcome)
+    finally:
+        duration = time.monotonic() - started
+        metrics.HOST_PROBE_DURATION.labels(host.name).observe(duration)
+    _finish(ctx, host, outcome)
+    return outcome
+
+
+async def _reach(
+    ctx: Context,
+    host: Resource,
+    spec: KvmHostSpec,
+    outcome: Outcome,
+    conds: dict[str, Condition],
+) -> HostSession | None:
+    """Connect; on failure fill the conditions and the outcome and return None."""
+    try:
+        return await connect(ctx, host.name, spec, host.status.get("hostKey"))
+    except (HostKeyMismatchError, HostKeyUnknownError) as error:
+        conds[REACHABLE] = Condition(REACHABLE, Status.TRUE, "Connected", "TCP and SSH answer")
+        conds[HOST_KEY_VERIFIED] = Condition(
+            HOST_KEY_VERIFIED, Status.FALSE, error.reason, error.message
+        )
+        _unknown_rest(conds, "the host key is not verified: nothing was run on the host")
+        _stalled(outcome, conds, error)
+    except AuthenticationError as error:
+        conds[REACHABLE] = Condition(REACHABLE, Status.TRUE, "Connected", "TCP and SSH answer")
+        conds[HOST_KEY_VERIFIED] = Condition(HOST_KEY_VERIFIED, Status.TRUE, "Verified", "")
+        _unknown_rest(conds, "the host refused our SSH key")
+        _stalled(outcome, conds, error)
+    except HostUnreachableError as error:
+        conds[REACHABLE] = Condition(REACHABLE, Status.FALSE, error.reason, error.message)
+        conds[HOST_KEY_VERIFIED] = Condition(
+            HOST_KEY_VERIFIED, Status.UNKNOWN, "HostUnreachable", ""
+        )
+        _unknown_rest(conds, "the host cannot be reached")
+        outcome.conditions = [
+            *conds.values(),
+            *cond.summary(
+                ready=False, reason="HostUnreachable", message=error.message, reconciling=False
+            ),
+        ]
+        metrics.HOST_UP.labels(host.name).set(0)
+    except NotFoundError as error:  # the key Secret
+        _unknown_rest(conds, "no SSH key", include_reach=True)
+        _stalled(outcome, conds, PermanentError(error.message, reason="SecretNotFound"))
+    except PermanentError as error:
+        _unknown_rest(conds, error.message, include_reach=True)
+        _stalled(outcome, conds, error)
+    return None
+
+
+async def _converge(ctx: Context, host: Resource, spec: KvmHostSpec, outcome: Outcome) -> None:
+    conds: dict[str, Condition] = {}
+    session = await _reach(ctx, host, spec, outcome, conds)
+    if session is None:
+        return
+    recorded = host.status.get("hostKey")
+    metrics.HOST_UP.labels(host.name).set(1)
+    conds[REACHABLE] = Condition(
+        REACHABLE, Status.TRUE, "Connected", f"SSH to {spec.address}:{spec.port} works"
+    )
+    conds[HOST_KEY_VERIFIED] = Condition(
+        HOST_KEY_VERIFIED, Status.TRUE, "Verified", f"host key {session.session.fingerprint}"
+    )
+    outcome.status["hostKeyFingerprint"] = session.session.fingerprint
+    if (
+        spec.host_key_policy is HostKeyPolicy.TRUST_ON_FIRST_USE
+        and recorded != session.session.host_key
+    ):
+        outcome.status["hostKey"] = session.session.host_key
+        outcome.note("HostKeyRecorded", f"trusted on first use: {session.session.fingerprint}")
+
+    hw = await _hardware(session)
+    host_facts = await _libvirt(session, conds)
+    _virtualization(conds, hw, host_facts)
+    if host_facts is not None:
+        outcome.status["capabilities"] = {
+            "arch": host_facts.arch,
+            "cpuModel": host_facts.cpu_model or "unknown",
+            "cpus": host_facts.cpus,
+            "memoryMiB": host_facts.memory_mib,
+            "virtualization": "kvm"
+            if conds[VIRTUALIZATION_CAPABLE].reason == "KVM"
+            else "emulated",
+            "libvirtVersion": host_facts.libvirt_version,
+            "qemuVersion": host_facts.qemu_version,
+        }
+        await _domains(ctx, session, host, outcome)
+        await _allocation(ctx, host, spec, host_facts, outcome)
+
+    await _bridges(session, spec, outcome, conds)
+    await _storage(
+        ctx, session=session, spec=spec, host_facts=host_facts, outcome=outcome, conds=conds
+    )
+    not_ready = [c for c in conds.values() if c.status is not Status.TRUE]
+    if not_ready:
+        first = not_ready[0]
+        state = "False" if first.status is Status.FALSE else "Unknown"
+        summary = cond.summary(
+            ready=False,
+            reason=f"{first.type}{state}",
+            message=first.message or first.type,
+            reconciling=False,
+        )
+    else:
+        summary = cond.summary(ready=True, reason="HostReady", message=f"{spec.address} is ready")
+    outcome.conditions = [*conds.values(), *summary]
+
+
+async def _bridges(
+    session: HostSession, spec: KvmHostSpec, outcome: Outcome, conds: dict[str, Condition]
+) -> None:
+    bridges = await hostnetwork.ensure(session, spec.bridges)
+    outcome.status["bridges"] = [b.to_status() for b in bridges]
+    for report in bridges:
+        if report.changed and report.ready:
+            outcome.note("BridgeCreated", report.message)
+    broken = [b.message for b in bridges if not b.ready]
+    conds[BRIDGES_READY] = (
+        Condition(BRIDGES_READY, Status.FALSE, "BridgeFailed", "; ".join(broken))
+        if broken
+        else Condition(
+            BRIDGES_READY,
+            Status.TRUE,
+            "Ready",
+            f"{len(bridges)} bridge(s) ready" if bridges else "no bridges asked for",
+        )
+    )
+
+
+async def _storage(
+    ctx: Context,
+    *,
+    session: HostSession,
+    spec: KvmHostSpec,
+    host_facts: HostFacts | None,
+    outcome: Outcome,
+    conds: dict[str, Condition],
+) -> None:
+    if host_facts is None:
+        conds[STORAGE_READY] = Condition(STORAGE_READY, Status.UNKNOWN, "LibvirtNotReady", "")
+    else:
+        pools = await hoststorage.ensure(
+            session, spec.storage_pools, spec.nfs_access, ctx.settings.mount_root
+        )
+        outcome.status["storagePools"] = [p.to_status() for p in pools]
+        failed = [p.message for p in pools if not p.ready]
+        conds[STORAGE_READY] = (
+            Condition(STORAGE_READY, Status.FALSE, "StorageFailed", "; ".join(failed))
+            if failed
+            else Condition(
+                STORAGE_READY,
+                Status.TRUE,
+                "Ready",
+                f"{len(pools)} pool(s) ready" if pools else "no storage pools asked for",
+            )
+        )
+
+
+async def _hardware(session: HostSession) -> tuple[str | None, bool]:
+    """(vmx|svm|None, /dev/kvm usable): xCAT's `egrep "(svm|vmx)" /proc/cpuinfo`, and more."""
+    flags = await session.run(hostcmds.cpuinfo_flags(), check=False)
+    kvm = await session.run(hostcmds.dev_kvm_usable(), check=False)
+    return facts.hardware_virtualization(facts.parse_cpu_flags(flags.stdout)), kvm.ok
+
+
+async def _libvirt(session: HostSession, conds: dict[str, Condition]) -> HostFacts | None:
+    try:
+        connection = await session.libvirt()
+        host_facts = await session.ctx.blocking(Host(connection).facts)
+    except KvmfleetError as error:
+        conds[LIBVIRT_READY] = Condition(LIBVIRT_READY, Status.FALSE, error.reason, error.message)
+        return None
+    conds[LIBVIRT_READY] = Condition(
+        LIBVIRT_READY,
+        Status.TRUE,
+        "Connected",
+        f"libvirt {host_facts.libvirt_version}, QEMU {host_facts.qemu_version}",
+    )
+    return host_facts
+
+
+def _virtualization(
+    conds: dict[str, Condition], hw: tuple[str | None, bool], host_facts: HostFacts | None
+) -> None:
+    flag, dev_kvm = hw
+    if host_facts is None:
+        conds[VIRTUALIZATION_CAPABLE] = Condition(
+            VIRTUALIZATION_CAPABLE, Status.UNKNOWN, "LibvirtNotReady", "libvirt did not answer"
+        )
+    elif flag and dev_kvm and host_facts.kvm_domain_supported:
+        conds[VIRTUALIZATION_CAPABLE] = Condition(
+            VIRTUALIZATION_CAPABLE,
+            Status.TRUE,
+            "KVM",
+            f"{flag} and /dev/kvm: hardware virtualization",
+        )
+    else:
+        why = []
+        if not flag:
+            why.append("the CPU shows no vmx/svm flag")
+        if not dev_kvm:
+            why.append("/dev/kvm is missing or not usable")
+        if flag and dev_kvm:
+            why.append("libvirt offers no kvm domain type")
+        conds[VIRTUALIZATION_CAPABLE] = Condition(
+            VIRTUALIZATION_CAPABLE,
+            Status.TRUE,
+            "Emulated",
+            f"VMs run under TCG emulation (slow): {', '.join(why)}",
+        )
+
+
+async def _domains(ctx: Context, session: HostSession, host: Resource, outcome: Outcome) -> None:
+    """What `lsvm` shows: every domain on the host with its state."""
+    try:
+        connection = await session.libvirt()
+        domains = await ctx.blocking(Host(connection).list_domains)
+    except KvmfleetError:
+        return
+    outcome.status["domains"] = [{"name": d.name, "state": str(d.state)} for d in domains]
+    outcome.status["domainCount"] = len(domains)
+    metrics.HOST_DOMAINS.labels(host.name).set(len(domains))
+
+
+async def _allocation(
+    ctx: Context, host: Resource, spec: KvmHostSpec, host_facts: HostFacts, outcome: Outcome
+) -> None:
+    """allocatable (hardware x overcommit) and allocated (the VirtualNodes placed here)."""
+    nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
+    used = allocated_on(host.name, nodes)
+    capacity = allocatable(host_facts.cpus, host_facts.memory_mib, spec.overcommit)
+    outcome.status["allocatable"] = {"cpus": capacity.cpus, "memoryMiB": capacity.memory_mib}
+    outcome.status["allocated"] = {"cpus": used.cpus, "memoryMiB": used.memory_mib}
+    outcome.status["cpuSummary"] = f"{used.cpus}/{capacity.cpus}"
+    outcome.status["memorySummary"] = f"{used.memory_mib}/{capacity.memory_mib}Mi"
+    for kind, value in (
+        ("capacity", host_facts.cpus),
+        ("allocatable", capacity.cpus),
+        ("allocated", used.cpus),
+    ):
+        metrics.HOST_CPUS.labels(host.name, kind).set(value)
+    for kind, mib in (
+        ("capacity", host_facts.memory_mib),
+        ("allocatable", capacity.memory_mib),
+        ("allocated", used.memory_mib),
+    ):
+        metrics.HOST_MEMORY.labels(host.name, kind).set(mib * 1024 * 1024)
+
+
+def allocated_on(host: str, nodes: Sequence[Mapping[str, Any]]) -> Resources:
+    """CPUs and memory of the VirtualNodes placed (or pinned) on `host`."""
+    cpus = memory_mib = 0
+    for node in nodes:
+        spec = node.get("spec") or {}
+        where = (node.get("status") or {}).get("host") or spec.get("hostRef")
+        if where != host:
+            continue
+        cpus += int(spec.get("cpus", 1))
+        try:
+            memory_mib += bytes_to_mib(parse_bytes(spec.get("memory", "1Gi")))
+        except KvmfleetError:
+            continue
+    return Resources(cpus, memory_mib)
+
+
+def _unknown_rest(conds: dict[str, Condition], why: str, include_reach: bool = False) -> None:
+    for name in HOST_CONDITIONS:
+        if name in conds or (name in (REACHABLE, HOST_KEY_VERIFIED) and not include_reach):
+            continue
+        conds[name] = Condition(name, Status.UNKNOWN, "NotProbed", why)
+
+
+def _stalled(outcome: Outcome, conds: dict[str, Condition], error: KvmfleetError) -> None:
+    outcome.conditions = [
+        *conds.values(),
+        *cond.summary(ready=False, reason=error.reason, message=error.message, stalled=True),
+    ]
+
+
+def _finish(ctx: Context, host: Resource, outcome: Outcome) -> None:
+    """Record the probe, announce condition changes as Events, keep lastProbeTime alive."""
+    now = datetime.now(UTC)
+    old = {c.type: c for c in cond.parse_conditions(host.status.get("conditions"))}
+    ready = False
+    for new in outcome.conditions:
+        if new.type == cond.READY:
+            ready = new.status is Status.TRUE
+        before = old.get(new.type)
+        if new.type in (cond.RECONCILING, cond.STALLED):
+            continue
+        if before is None or before.status != new.status:
+            if new.status is Status.TRUE:
+                outcome.note(new.type, new.message or f"{new.type} is True")
+            elif before is not None or new.status is Status.FALSE:
+                outcome.warn(
+                    f"{new.type}{new.status}", new.message or f"{new.type} is {new.status}"
+                )
+    ctx.last_probe[host.name] = (time.monotonic(), ready)
+    # Write lastProbeTime only with other changes, or as a heartbeat: a steady host costs
+    # no status write per probe.
+    last = host.status.get("lastProbeTime")
+    stale = True
+    if isinstance(last, str):
+        try:
+            seen = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            stale = (
+                now - seen
+            ).total_seconds() > HEARTBEAT_FACTOR * ctx.settings.host_probe_interval
+        except ValueError:
+            stale = True
+    changes = {k: v for k, v in outcome.status.items() if host.status.get(k) != v}
+    conds_changed = cond.changed(
+        list(old.values()),
+        cond.merge(list(old.values()), outcome.conditions, now=now, generation=host.generation),
+    )
+    if changes or conds_changed or stale or outcome.events:
+        outcome.status["lastProbeTime"] = cond.rfc3339(now)

@@ -2,22 +2,44 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from kvmfleet.domain.bridges import default_interface, parse_network, plan_bridge
+from kvmfleet.domain.bridges import default_interface, plan_bridge
 from kvmfleet.errors import InvalidSpecError
+from kvmfleet.reconcile.hostnetwork import network_from_output
 
 
 def links(*items: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"ifname": "lo", "flags": ["LOOPBACK", "UP"]}, *items]
+    lo = {"ifname": "lo", "flags": ["LOOPBACK", "UP"]}
+    return [{"ifindex": i + 1, **item} for i, item in enumerate([lo, *items])]
+
+
+def parse_network(
+    links_json: list[dict[str, Any]],
+    addrs: list[dict[str, Any]],
+    routes: list[dict[str, Any]],
+    delays: dict[str, int | None] | None = None,
+) -> Any:
+    return network_from_output(
+        json.dumps(links_json), json.dumps(addrs), json.dumps(routes), delays or {}
+    )
 
 
 ETH0 = {"ifname": "eth0", "flags": ["BROADCAST", "UP"], "linkinfo": {"info_kind": "veth"}}
 ADDRS_ETH0 = [
-    {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8, "scope": "host"}]},
-    {"ifname": "eth0", "addr_info": [{"family": "inet", "local": "10.77.0.11", "prefixlen": 24, "scope": "global"}]},
+    {
+        "ifname": "lo",
+        "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8, "scope": "host"}],
+    },
+    {
+        "ifname": "eth0",
+        "addr_info": [
+            {"family": "inet", "local": "10.77.0.11", "prefixlen": 24, "scope": "global"}
+        ],
+    },
 ]
 ROUTES_ETH0 = [
     {"dst": "default", "gateway": "10.77.0.1", "dev": "eth0"},
@@ -43,10 +65,11 @@ def test_bridged_host_needs_nothing() -> None:
     net = parse_network(
         links(
             {**ETH0, "master": "br0"},
-            {"ifname": "br0", "flags": ["UP"], "linkinfo": {"info_kind": "bridge", "info_data": {"forward_delay": 0}}},
+            {"ifname": "br0", "flags": ["UP"], "linkinfo": {"info_kind": "bridge"}},
         ),
         [{"ifname": "br0", "addr_info": ADDRS_ETH0[1]["addr_info"]}],
         [{"dst": "default", "gateway": "10.77.0.1", "dev": "br0"}],
+        {"br0": 0},
     )
     plan = plan_bridge(net, "br0", "eth0")
     assert plan.ready and plan.commands == []
@@ -57,10 +80,11 @@ def test_existing_bridge_with_delay_is_fixed() -> None:
     net = parse_network(
         links(
             {**ETH0, "master": "br0"},
-            {"ifname": "br0", "flags": [], "linkinfo": {"info_kind": "bridge", "info_data": {"forward_delay": 1500}}},
+            {"ifname": "br0", "flags": [], "linkinfo": {"info_kind": "bridge"}},
         ),
         [],
         [],
+        {"br0": 1500},
     )
     assert plan_bridge(net, "br0", "eth0").commands == [
         "link set dev br0 type bridge forward_delay 0",
@@ -95,4 +119,20 @@ def test_bad_names_never_reach_a_command(bad: str) -> None:
 
 def test_garbage_from_the_host_is_refused() -> None:
     with pytest.raises(InvalidSpecError):
-        parse_network(links(ETH0), [{"ifname": "eth0", "addr_info": [{"family": "inet", "local": "1.2.3.4; reboot", "prefixlen": 24, "scope": "global"}]}], [])
+        parse_network(
+            links(ETH0),
+            [
+                {
+                    "ifname": "eth0",
+                    "addr_info": [
+                        {
+                            "family": "inet",
+                            "local": "1.2.3.4; reboot",
+                            "prefixlen": 24,
+                            "scope": "global",
+                        }
+                    ],
+                }
+            ],
+            [],
+        )

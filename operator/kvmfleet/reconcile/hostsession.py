@@ -1,0 +1,72 @@
+"""One probe's access to a host: the SSH session and the libvirt connection, both off the loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
+from kvmfleet.reconcile.context import Context
+from kvmfleet.ssh.hostkeys import HostKeyCheck
+from kvmfleet.ssh.session import CommandResult, SshCredentials, SshSession, SshTarget
+from kvmfleet.virt.connection import LibvirtConnection, LibvirtTarget
+
+
+@dataclass
+class HostSession:
+    """A connected host: run argv over SSH, reach its libvirtd; every call in a thread."""
+
+    ctx: Context
+    name: str
+    spec: KvmHostSpec
+    credentials: SshCredentials
+    session: SshSession
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        check: bool = True,
+        limit: float | None = None,
+    ) -> CommandResult:
+        """Run one argument list on the host (quoted once by the SSH adapter)."""
+        limit = self.ctx.settings.ssh_command_timeout if limit is None else limit
+        return await self.ctx.blocking(
+            self.session.run, argv, timeout=limit, input=input, check=check
+        )
+
+    def libvirt_target(self) -> LibvirtTarget:
+        """libvirt over SSH with the host key this session verified."""
+        return LibvirtTarget.for_host(
+            self.spec.address,
+            self.credentials.private_key,
+            self.session.host_key,
+            port=self.spec.port,
+            user=self.spec.user,
+            libvirt_uri=self.spec.libvirt_uri,
+        )
+
+    async def libvirt(self) -> LibvirtConnection:
+        """The pooled libvirt connection to this host."""
+        return await self.ctx.blocking(self.ctx.libvirt.connection, self.libvirt_target())
+
+
+def host_key_check(spec: KvmHostSpec, recorded: str | None) -> HostKeyCheck:
+    """Strict: only spec.hostKey. TrustOnFirstUse: the key recorded in status, or any first one."""
+    if spec.host_key_policy is HostKeyPolicy.TRUST_ON_FIRST_USE:
+        return HostKeyCheck.trust_on_first_use(spec.host_key or recorded)
+    return HostKeyCheck.strict(spec.host_key)
+
+
+async def connect(
+    ctx: Context, name: str, spec: KvmHostSpec, recorded_host_key: str | None
+) -> HostSession:
+    """Read the key Secret and open (or reuse) the SSH session; errors stay classified."""
+    ref = spec.ssh_key_secret_ref
+    key = await ctx.blocking(ctx.kube.read_secret_value, ref.namespace, ref.name, ref.key)
+    credentials = SshCredentials(key)
+    target = SshTarget(spec.address, spec.port, spec.user)
+    check = host_key_check(spec, recorded_host_key)
+    session = await ctx.blocking(ctx.ssh.session, target, credentials, check)
+    return HostSession(ctx, name, spec, credentials, session)
