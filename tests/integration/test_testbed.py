@@ -580,7 +580,9 @@ def test_down_then_up_restores_the_same_hosts(testbed: dict[str, Any]) -> None:
     run_testbed("down", timeout=600)
     assert run_testbed("status", check=False).returncode == 3
     assert not Path("/sys/class/net/kvmf-mgmt").exists()
-    run_testbed("up", timeout=1500)
+    kvm = [str(i) for i, h in enumerate(testbed["hosts"], 1) if h["virtualization"] == "kvm"]
+    shape = ["--hosts", str(len(testbed["hosts"])), "--kvm-hosts", ",".join(kvm)]
+    run_testbed("up", *shape, timeout=1500)
     again = json.loads(HOSTS_JSON.read_text())
     # Identity (host keys, libvirt host UUIDs) survives down/up.
     assert again["hosts"] == testbed["hosts"]
