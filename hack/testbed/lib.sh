@@ -345,7 +345,7 @@ readonly -a TB_PACKAGES=(
     qemu-system-x86 qemu-utils qemu-block-extra ipxe-qemu
     openssh-server openssh-client
     nfs-ganesha nfs-ganesha-vfs rpcbind
-    dnsmasq-base busybox-static iproute2 cpio util-linux python3
+    dnsmasq-base busybox-static iproute2 cpio util-linux procps kmod python3
 )
 
 pkg_installed() {
