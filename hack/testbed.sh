@@ -48,7 +48,7 @@ check_run_dir() {
     [[ "${TB}" != *[[:space:]]* ]] \
         || die "the run directory contains white space (${TB}); set KVMFLEET_RUN_DIR to a path without"
     case "${TB}/" in
-        /run/* | /var/run/* | /var/lib/libvirt/* | /var/cache/libvirt/* | /var/log/* | /etc/* | /srv/* | /sys/* | /proc/* | /dev/* | /tmp/kvmfleet-holder*)
+        /run/* | /var/run/* | /var/lib/libvirt/* | /var/cache/libvirt/* | /var/log/* | /etc/* | /srv/* | /sys/* | /proc/* | /dev/*)
             die "the run directory ${TB} is hidden inside the testbed namespaces; choose another KVMFLEET_RUN_DIR" ;;
     esac
 }
