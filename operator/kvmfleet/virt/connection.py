@@ -10,7 +10,10 @@ pins nothing, so for ``qemu+ssh`` every connection gets a private directory (070
 * ``ssh`` - a FIXED wrapper script (no value of any URI or spec is written into it) that
   runs ``ssh -F /dev/null -o StrictHostKeyChecking=yes -o UserKnownHostsFile=<its dir>/
   known_hosts -o GlobalKnownHostsFile=/dev/null -o BatchMode=yes ...`` with the key of
-  its own directory, and keepalives so a dead link ends the connection.
+  its own directory, and keepalives so a dead link ends the connection;
+* ``ssh.err`` - ssh's stderr. libvirt keeps at most 1024 bytes of it and reports
+  EOVERFLOW instead when there is more (OpenSSH's "host key changed" banner alone is
+  about that long), so ssh's reason is read from this file when opening fails.
 
 The URI gets ``command=<dir>/ssh`` and ``no_tty=1``. A user-given ``spec.libvirtURI``
 cannot carry ``no_verify``, ``keyfile``, ``known_hosts`` or ``command`` (refused by
@@ -49,7 +52,7 @@ from kvmfleet.domain.validation import (
     validate_libvirt_uri,
 )
 from kvmfleet.errors import PermanentError
-from kvmfleet.virt.errors import libvirt_errors
+from kvmfleet.virt.errors import classify
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ exec ssh -F /dev/null \\
     -o ConnectTimeout=10 \\
     -o ServerAliveInterval=5 \\
     -o ServerAliveCountMax=3 \\
-    "$@"
+    "$@" 2>"$dir/ssh.err"
 """
 
 SSH_SCHEMES = frozenset({"qemu+ssh"})
@@ -255,6 +258,53 @@ def _is_encrypted(data: bytes) -> bool:
     return raw[offset + 4 : offset + 4 + length] != b"none"
 
 
+def _read_tail(path: Path, limit: int = 8192) -> str:
+    """The last ``limit`` bytes of a file, as text ("" if it does not exist)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - limit))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+_SSH_NOISE = (
+    "@",
+    "IT IS POSSIBLE",
+    "Someone could be",
+    "It is also possible",
+    "Please contact",
+    "Add correct host key",
+    "Offending",
+    "remove with",
+    "ssh-keygen -f",
+    "The fingerprint for",
+    "SHA256:",
+)
+
+
+def _fingerprint(host_key: str) -> str:
+    blob = base64.b64decode(host_key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def ssh_failure(stderr: str, expected_host_key: str) -> str:
+    """A short reason from ssh's stderr: its last lines without the warning banner.
+
+    For a refused host key, the fingerprints the host presented and the one expected.
+    """
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith(_SSH_NOISE)]
+    text = "; ".join(kept[-2:])[:500]
+    seen = next(
+        (word.rstrip(".") for line in lines for word in line.split() if word.startswith("SHA256:")),
+        None,
+    )
+    if seen:
+        text += f" (the host presented {seen}, expected {_fingerprint(expected_host_key)})"
+    return text
+
+
 # --- connection -------------------------------------------------------------------------------
 
 
@@ -315,6 +365,12 @@ def open_connection(target: LibvirtTarget, runtime_dir: Path | None = None) -> L
     LibvirtAuthError (permanent), an unreachable host LibvirtUnavailableError (temporary).
     """
     quiet_libvirt()
+    if target.scheme == "qemu+libssh":
+        log.warning(
+            "libvirt %s: the libssh transport of libvirt 9.0 stalls ~30 s on large replies; "
+            "prefer qemu+ssh (the default) or qemu+libssh2",
+            target.label,
+        )
     base = _checked_private(runtime_dir) if runtime_dir else runtime_base()
     workdir = Path(tempfile.mkdtemp(prefix="libvirt-", dir=base))
     try:
@@ -324,8 +380,12 @@ def open_connection(target: LibvirtTarget, runtime_dir: Path | None = None) -> L
         _write_private(workdir / "ssh", SSH_WRAPPER.encode(), 0o700)
         uri = target.connect_uri(workdir)
         log.debug("libvirt: opening %s", uri)
-        with libvirt_errors(f"{target.label}: cannot connect to libvirt"):
+        try:
             conn = libvirt.open(uri)
+        except libvirt.libvirtError as error:
+            context = f"{target.label}: cannot connect to libvirt"
+            detail = ssh_failure(_read_tail(workdir / "ssh.err"), target.expected_host_key)
+            raise classify(error, context, detail=detail) from error
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise

@@ -186,13 +186,16 @@ def _kind(code: int | None, domain: int | None, message: str) -> type[KvmfleetEr
     return LibvirtTemporaryError
 
 
-def classify(error: Any, context: str = "") -> KvmfleetError:
+def classify(error: Any, context: str = "", detail: str = "") -> KvmfleetError:
     """The kvmfleet error for a ``libvirt.libvirtError`` (not raised: returned).
 
     ``context`` says what was attempted (``"domain 'vm1': start"``) and prefixes the
-    message, which otherwise is libvirt's own.
+    message, which otherwise is libvirt's own; ``detail`` (e.g. what the ssh client said)
+    is appended and taken into account.
     """
     code, domain, message = error_details(error)
+    if detail:
+        message = f"{message} (ssh: {' '.join(detail.split())})"
     kind = _kind(code, domain, message)
     text = f"{context}: {message}" if context else message
     if issubclass(kind, TemporaryError):

@@ -149,6 +149,8 @@ def test_the_wrapper_enforces_strict_checking(private_dir: Path) -> None:
 def test_the_wrapper_is_fixed_text() -> None:
     assert "@" not in SSH_WRAPPER.replace('"$@"', "")
     assert "{" not in SSH_WRAPPER.replace("${0%/*}", "")
+    assert SSH_WRAPPER.count("exec ") == 1  # ssh replaces the shell: libvirt signals ssh
+    assert '2>"$dir/ssh.err"' in SSH_WRAPPER
 
 
 def test_open_failure_is_classified_and_leaves_no_files(
@@ -265,3 +267,50 @@ def test_pool_opens_once_under_concurrency(pool, opened, key: bytes, host_key: s
     assert len(opened) == 1
     pool.close_all()
     assert opened[0].closed and len(pool) == 0
+
+
+CHANGED_BANNER = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
+Someone could be eavesdropping on you right now (man-in-the-middle attack)!
+It is also possible that a host key has just been changed.
+The fingerprint for the ED25519 key sent by the remote host is
+SHA256:kQMxKxkSy4nn2LHDpBLk8Z5/7hiBzMo3/bHr5+dFOVk.
+Please contact your system administrator.
+Add correct host key in /a/very/long/runtime/directory/libvirt-abcdefgh/known_hosts to get rid of this message.
+Offending ED25519 key in /a/very/long/runtime/directory/libvirt-abcdefgh/known_hosts:1
+  remove with:
+  ssh-keygen -f "/a/very/long/runtime/directory/libvirt-abcdefgh/known_hosts" -R "10.77.0.11"
+Host key for 10.77.0.11 has changed and you have requested strict checking.
+Host key verification failed.
+"""
+
+
+def test_ssh_failure_keeps_the_reason_and_both_fingerprints(host_key: str) -> None:
+    from kvmfleet.virt.connection import ssh_failure
+
+    text = ssh_failure(CHANGED_BANNER, host_key)
+    assert text.startswith("Host key for 10.77.0.11 has changed")
+    assert "Host key verification failed." in text
+    assert "the host presented SHA256:kQMxKxkSy4nn2LHDpBLk8Z5/7hiBzMo3/bHr5+dFOVk" in text
+    assert "@@@" not in text and "known_hosts" not in text and len(text) < 400
+    refused = ssh_failure("ssh: connect to host 10.77.0.11 port 22: Connection refused\n", host_key)
+    assert refused == "ssh: connect to host 10.77.0.11 port 22: Connection refused"
+    assert ssh_failure("", host_key) == ""
+
+
+def test_ssh_stderr_decides_the_classification() -> None:
+    from kvmfleet.virt.errors import LibvirtAuthError, LibvirtHostKeyError, classify
+
+    # What libvirt reports when ssh's stderr exceeds its 1024-byte buffer.
+    error = libvirt.libvirtError("Cannot recv data: Value too large for defined data type")
+    error.err = (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC,
+                 "Cannot recv data: Value too large for defined data type", 2,
+                 None, None, None, 0, 0)
+    assert isinstance(classify(error, "ctx"), TemporaryError)
+    keyed = classify(error, "ctx", detail="Host key verification failed.")
+    assert isinstance(keyed, LibvirtHostKeyError)
+    assert keyed.message.endswith("(ssh: Host key verification failed.)")
+    auth = classify(error, "ctx", detail="root@10.77.0.11: Permission denied (publickey).")
+    assert isinstance(auth, LibvirtAuthError)
