@@ -61,6 +61,7 @@ SSH_WRAPPER = """#!/bin/sh
 # known_hosts file next to this script, with the key next to this script. Fixed text:
 # nothing of any URI or spec is written into it.
 dir=${0%/*}
+umask 077
 exec ssh -F /dev/null \\
     -o StrictHostKeyChecking=yes \\
     -o "UserKnownHostsFile=$dir/known_hosts" \\
