@@ -48,7 +48,7 @@ def run_operator(settings: Settings) -> None:
     import kvmfleet.handlers  # noqa: F401  (registers the handlers)
     from kvmfleet.reconcile.context import Context
 
-    kopf.configure(verbose=settings.verbose, log_format=kopf.LogFormat.PLAIN)
+    kopf.configure(verbose=settings.verbose, log_format=kopf.LogFormat.FULL)
     liveness = (
         f"http://{settings.bind_address}:{settings.health_port}/healthz"
         if settings.health_port

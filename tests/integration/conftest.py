@@ -8,9 +8,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from support import testbed as testbed_support
 from support.cluster import Kubectl, OperatorProcess, cluster_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,14 +51,36 @@ def cluster() -> Iterator[Kubectl]:
 
 
 @pytest.fixture(scope="session")
-def operator(
-    cluster: Kubectl, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """The operator, running for the whole session against the real API server."""
-    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+def operator(cluster: Kubectl) -> Iterator[OperatorProcess]:
+    """The operator, running for the whole session against the real API server.
+
+    Hosts are probed every 3 s (60 s by default) so drift and outages show up quickly.
+    Its log stays in .run/logs/operator-tests.log.
+    """
+    proc = OperatorProcess(
+        cluster.kubeconfig,
+        _fresh_log(RUN_DIR / "logs" / "operator-tests.log"),
+        extra_env={"KVMFLEET_HOST_PROBE_INTERVAL": "3"},
+    )
     proc.start()
     yield proc
     proc.stop()
+
+
+def _fresh_log(path: Path) -> Path:
+    """A log file kept after the run (pytest's temporary folders are rotated away)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return path
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[dict[str, Any]]:
+    """The hypervisor testbed's hosts.json; brought up when it is not (and down again then)."""
+    doc, started = testbed_support.ensure_up()
+    yield doc
+    if started and not os.environ.get("KVMFLEET_KEEP_TESTBED"):
+        testbed_support.run_testbed("down", check=False)
 
 
 @pytest.fixture

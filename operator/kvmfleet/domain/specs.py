@@ -565,7 +565,11 @@ class BridgeSpec:
 
 @dataclass(frozen=True)
 class StoragePoolSpec:
-    """KvmHost ``spec.storagePools[]``: a named nfs:// or dir:// storage."""
+    """KvmHost ``spec.storagePools[]``: a named nfs://, dir:// or phy: storage.
+
+    A ``phy:`` pool is a block device the host must have (checked by the probe); it holds
+    no image files, so it is never where disks without ``storage`` go.
+    """
 
     name: str
     url: StorageURL
@@ -575,7 +579,8 @@ class StoragePoolSpec:
         data = _mapping(p, value, path)
         return cls(
             name=_required(p, data, "name", path, validate_dns1123_label) or "",
-            url=_required(p, data, "url", path, _file_storage) or StorageURL(StorageKind.DIR, "/"),
+            url=_required(p, data, "url", path, parse_storage_url)
+            or StorageURL(StorageKind.DIR, "/"),
         )
 
 
@@ -630,8 +635,8 @@ class KvmHostSpec:
 
     @property
     def default_storage(self) -> StorageURL | None:
-        """The first storage pool's URL: where disks without ``storage`` go."""
-        return self.storage_pools[0].url if self.storage_pools else None
+        """The first file-holding pool's URL: where disks without ``storage`` go."""
+        return next((p.url for p in self.storage_pools if p.url.holds_files), None)
 
     def allows_namespace(self, namespace: str) -> bool:
         """True if VirtualNodes of ``namespace`` may run here (empty list: all)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -169,6 +170,8 @@ async def _converge(ctx: Context, host: Resource, spec: KvmHostSpec, outcome: Ou
     hw = await _hardware(session)
     host_facts = await _libvirt(session, conds)
     _virtualization(conds, hw, host_facts)
+    if host_facts is not None and hw.memory_mib:
+        host_facts = replace(host_facts, memory_mib=hw.memory_mib)
     if host_facts is not None:
         outcome.status["capabilities"] = {
             "arch": host_facts.arch,
@@ -253,11 +256,28 @@ async def _storage(
         )
 
 
-async def _hardware(session: HostSession) -> tuple[str | None, bool]:
-    """(vmx|svm|None, /dev/kvm usable): xCAT's `egrep "(svm|vmx)" /proc/cpuinfo`, and more."""
+@dataclass(frozen=True)
+class Hardware:
+    """What the host's kernel says: xCAT's `egrep "(svm|vmx)" /proc/cpuinfo`, and more."""
+
+    flag: str | None
+    """vmx, svm, or None."""
+    dev_kvm: bool
+    """/dev/kvm exists and can be opened."""
+    memory_mib: int | None
+    """MemTotal: libvirt's node info counts NUMA cells, which can miss memory."""
+
+
+async def _hardware(session: HostSession) -> Hardware:
     flags = await session.run(hostcmds.cpuinfo_flags(), check=False)
-    kvm = await session.run(hostcmds.dev_kvm_usable(), check=False)
-    return facts.hardware_virtualization(facts.parse_cpu_flags(flags.stdout)), kvm.ok
+    kvm = await session.run(hostcmds.dev_kvm_device(), check=False)
+    meminfo = await session.run(hostcmds.meminfo(), check=False)
+    memory = facts.parse_meminfo(meminfo.stdout).total_mib if meminfo.ok else None
+    return Hardware(
+        facts.hardware_virtualization(facts.parse_cpu_flags(flags.stdout)),
+        kvm.ok and facts.parse_dev_kvm_device(kvm.stdout),
+        memory,
+    )
 
 
 async def _libvirt(session: HostSession, conds: dict[str, Condition]) -> HostFacts | None:
@@ -277,33 +297,32 @@ async def _libvirt(session: HostSession, conds: dict[str, Condition]) -> HostFac
 
 
 def _virtualization(
-    conds: dict[str, Condition], hw: tuple[str | None, bool], host_facts: HostFacts | None
+    conds: dict[str, Condition], hw: Hardware, host_facts: HostFacts | None
 ) -> None:
-    flag, dev_kvm = hw
+    """KVM when libvirt offers kvm guests (it checks that QEMU can open /dev/kvm), else TCG.
+
+    The CPU flag (xCAT's `egrep "(svm|vmx)" /proc/cpuinfo`) is reported, not required:
+    nested hypervisors often hide it while /dev/kvm works.
+    """
+    flag = hw.flag or "no vmx/svm flag shown"
     if host_facts is None:
         conds[VIRTUALIZATION_CAPABLE] = Condition(
             VIRTUALIZATION_CAPABLE, Status.UNKNOWN, "LibvirtNotReady", "libvirt did not answer"
         )
-    elif flag and dev_kvm and host_facts.kvm_domain_supported:
+    elif host_facts.kvm_domain_supported and hw.dev_kvm:
         conds[VIRTUALIZATION_CAPABLE] = Condition(
             VIRTUALIZATION_CAPABLE,
             Status.TRUE,
             "KVM",
-            f"{flag} and /dev/kvm: hardware virtualization",
+            f"hardware virtualization: libvirt offers KVM guests ({flag}, /dev/kvm usable)",
         )
     else:
-        why = []
-        if not flag:
-            why.append("the CPU shows no vmx/svm flag")
-        if not dev_kvm:
-            why.append("/dev/kvm is missing or not usable")
-        if flag and dev_kvm:
-            why.append("libvirt offers no kvm domain type")
+        why = "/dev/kvm is missing or not usable" if not hw.dev_kvm else "libvirt offers no KVM"
         conds[VIRTUALIZATION_CAPABLE] = Condition(
             VIRTUALIZATION_CAPABLE,
             Status.TRUE,
             "Emulated",
-            f"VMs run under TCG emulation (slow): {', '.join(why)}",
+            f"VMs run under TCG emulation (slow): {why} ({flag})",
         )
 
 
@@ -392,9 +411,10 @@ def _finish(ctx: Context, host: Resource, outcome: Outcome) -> None:
                 outcome.warn(
                     f"{new.type}{new.status}", new.message or f"{new.type} is {new.status}"
                 )
+    first = host.name not in ctx.last_probe
     ctx.last_probe[host.name] = (time.monotonic(), ready)
-    # Write lastProbeTime only with other changes, or as a heartbeat: a steady host costs
-    # no status write per probe.
+    # Write lastProbeTime on the first probe of this operator process, with other changes,
+    # or as a heartbeat: a steady host costs no status write per probe.
     last = host.status.get("lastProbeTime")
     stale = True
     if isinstance(last, str):
@@ -410,5 +430,5 @@ def _finish(ctx: Context, host: Resource, outcome: Outcome) -> None:
         list(old.values()),
         cond.merge(list(old.values()), outcome.conditions, now=now, generation=host.generation),
     )
-    if changes or conds_changed or stale or outcome.events:
+    if first or changes or conds_changed or stale or outcome.events:
         outcome.status["lastProbeTime"] = cond.rfc3339(now)

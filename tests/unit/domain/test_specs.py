@@ -388,8 +388,8 @@ def test_kvmhost_libvirt_uri_override() -> None:
             ["spec.bridges[0].interface: 'eth 0' is not a valid interface name"],
         ),
         (
-            {"storagePools": [{"name": "p", "url": "phy:/dev/sdb"}]},
-            ["spec.storagePools[0].url: phy:/dev/sdb is a single block device"],
+            {"storagePools": [{"name": "p", "url": "phy:/dev/../sdb"}]},
+            ["spec.storagePools[0].url:"],
         ),
         ({"storagePools": [{"url": "dir:///a"}]}, ["spec.storagePools[0].name: is required"]),
         (
@@ -520,3 +520,19 @@ def test_vmmaster_rejects(data: object, expected: list[str]) -> None:
     assert len(found) == len(expected), found
     for message, fragment in zip(found, expected, strict=True):
         assert message.startswith(fragment), (message, fragment)
+
+
+def test_phy_pool_is_accepted_but_never_the_default_storage() -> None:
+    spec = KvmHostSpec.from_dict(
+        {
+            "address": "h1",
+            "sshKeySecretRef": {"name": "k", "namespace": "ns"},
+            "hostKeyPolicy": "TrustOnFirstUse",
+            "storagePools": [
+                {"name": "disk", "url": "phy:/dev/sdb"},
+                {"name": "vms", "url": "dir:///var/lib/vms"},
+            ],
+        }
+    )
+    assert spec.storage_pools[0].url.kind.value == "phy"
+    assert str(spec.default_storage) == "dir:///var/lib/vms"

@@ -1,0 +1,97 @@
+"""Test helpers for the hypervisor testbed (hack/testbed.sh): bring it up, read it, poke it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_DIR = Path(os.environ.get("KVMFLEET_RUN_DIR", REPO / ".run"))
+TESTBED_SH = REPO / "hack" / "testbed.sh"
+HOSTS_JSON = RUN_DIR / "testbed" / "hosts.json"
+
+
+def run_testbed(
+    *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run hack/testbed.sh with arguments; raise with its output when it fails and check is set."""
+    result = subprocess.run(
+        ["bash", str(TESTBED_SH), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"hack/testbed.sh {' '.join(args)} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
+    return result
+
+
+def ensure_up() -> tuple[dict[str, Any], bool]:
+    """The testbed's hosts.json, starting it when `status` fails; (doc, started from nothing)."""
+    status = run_testbed("status", check=False)
+    started = status.returncode == 3
+    if status.returncode != 0:
+        run_testbed(
+            "up", *shlex.split(os.environ.get("KVMFLEET_TESTBED_UP_ARGS", "")), timeout=1500
+        )
+    doc: dict[str, Any] = json.loads(HOSTS_JSON.read_text())
+    return doc, started
+
+
+def on_host(host: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run argv inside a testbed host's namespaces (not through the operator's SSH path)."""
+    return run_testbed("exec", host, "--", *argv, check=check)
+
+
+def host_manifests(doc: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
+    """The KvmHosts of the testbed (pinned host keys, br0 over eth0, NFS Direct + dir) and their key Secret."""
+    key = Path(doc["hosts"][0]["privateKeyPath"]).read_text()
+    items: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kvmfleet-system"}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/ssh-auth",
+            "metadata": {"name": "testbed-ssh", "namespace": "kvmfleet-system"},
+            "stringData": {"ssh-privatekey": key},
+        },
+    ]
+    for host in doc["hosts"]:
+        if names is not None and host["name"] not in names:
+            continue
+        items.append(kvmhost(host, doc))
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def kvmhost(host: dict[str, Any], doc: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """One KvmHost for a testbed host; keyword arguments replace spec fields (name: the object's)."""
+    name = spec.pop("name", None) or host["name"]
+    body: dict[str, Any] = {
+        "address": host["address"],
+        "port": host["port"],
+        "user": host["user"],
+        "sshKeySecretRef": {"name": "testbed-ssh", "namespace": "kvmfleet-system"},
+        "hostKey": host["hostKey"],
+        "hostKeyPolicy": "Strict",
+        "bridges": [{"name": "br0", "interface": "eth0"}],
+        "storagePools": [
+            {"name": "shared", "url": doc["nfs"]["url"]},
+            {"name": "local", "url": "dir:///var/lib/kvmfleet/images"},
+        ],
+        "nfsAccess": "Direct",
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "kvmfleet.io/v1alpha1",
+        "kind": "KvmHost",
+        "metadata": {"name": name},
+        "spec": {k: v for k, v in body.items() if v is not None},
+    }
