@@ -12,6 +12,13 @@ from kvmfleet.ssh import hostcmds, nfsdirect
 from kvmfleet.virt.host import Host, PoolInfo
 
 PROBE_SIZE = 1024 * 1024
+SIZE_STEP = 1024**3
+"""Free space is reported in whole GiB: byte-exact figures would change (and cost a status
+write) on every probe of a busy host."""
+
+
+def _gib_floor(value: int | None) -> int | None:
+    return None if value is None else value - value % SIZE_STEP
 
 
 @dataclass
@@ -34,7 +41,7 @@ class PoolReport:
         if self.capacity_bytes is not None:
             entry["capacityBytes"] = self.capacity_bytes
         if self.available_bytes is not None:
-            entry["availableBytes"] = self.available_bytes
+            entry["availableBytes"] = _gib_floor(self.available_bytes)
         return entry
 
 
