@@ -3,14 +3,19 @@
 The chart is rendered with Helm (hack/helm.sh), its ServiceAccount, ClusterRole, Roles and
 bindings are applied (not the Deployment: no operator runs here), and `kubectl auth can-i
 --as=system:serviceaccount:<ns>:<sa>` asks the API server itself what that identity may do.
-Both shapes are checked: cluster-wide (the default) and with watchNamespaces.
+Both shapes are checked: cluster-wide (the default) and with watchNamespaces. Then the
+real operator runs with the ServiceAccount's own token (not as an administrator) and must
+handle a KvmHost and a VirtualNode without a single 403.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from support.cluster import Kubectl
+from support.cluster import Kubectl, OperatorProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kvmfleet"
@@ -174,7 +179,7 @@ def test_clusterwide_operator_can_do_its_job(clusterwide: Installed, namespace: 
         assert op.can(verb, KH), f"{verb} {KH}"
     assert op.can("patch", KH, subresource="status")
     assert op.can("update", VN, elsewhere, subresource="finalizers")
-    # Events on the objects, in their namespaces and in its own (KvmHost events).
+    # Events on the objects, in their namespaces ("default" for KvmHosts).
     for where in (elsewhere, namespace):
         assert op.can("create", "events", where)
         assert op.can("create", "events.events.k8s.io", where)
@@ -239,13 +244,16 @@ def test_namespaced_operator_is_confined(
     assert op.can("create", "events", lab)
     assert not op.can("list", "secrets", lab)
 
-    # Its own namespace: KvmHost events and SSH keys (read by name); the keys namespace: keys.
-    assert op.can("create", "events", namespace)
+    # Its own namespace and the keys namespace: SSH keys, read by name. KvmHost events go to
+    # "default" (Kopf's namespace for events of cluster-scoped objects).
+    assert op.can("create", "events", "default")
+    assert not op.can("get", "secrets", "default")
     assert op.can("get", "secrets", namespace)
     assert not op.can("create", "secrets", namespace)
     assert op.can("get", "secrets", keys)
     assert not op.can("create", "secrets", keys)
     assert not op.can("create", "events", keys)
+    assert not op.can("create", "events", namespace)
 
     # Anywhere else: nothing namespaced.
     assert not op.can("get", VN, other)
@@ -299,3 +307,189 @@ def test_rendered_dashboard_is_accepted_by_the_api_server(
     (configmap,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
     result = cluster.run("apply", "--dry-run=server", "-f", "-", input=json.dumps(configmap))
     assert "configmap" in result.stdout
+
+
+# --- the operator itself, as its ServiceAccount ------------------------------------------------
+
+
+def _serviceaccount_kubeconfig(installed: Installed, path: Path) -> Path:
+    """A kubeconfig with the ServiceAccount's token (1.20's token controller makes a Secret)."""
+    cluster = installed.cluster
+    deadline = time.monotonic() + 60
+    token = ""
+    while not token:
+        assert time.monotonic() < deadline, "no token Secret for the ServiceAccount in 60 s"
+        sa = cluster.json(
+            "get", "serviceaccount", installed.serviceaccount, "-n", installed.namespace
+        )
+        for ref in sa.get("secrets") or []:
+            secret = cluster.json("get", "secret", ref["name"], "-n", installed.namespace)
+            if secret.get("type") == "kubernetes.io/service-account-token":
+                token = base64.b64decode(secret.get("data", {}).get("token", "")).decode()
+        if not token:
+            time.sleep(0.5)
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    server = next(c for c in admin["clusters"] if c["name"] == context["context"]["cluster"])
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [server],
+        "users": [{"name": "kvmfleet-operator", "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "kvmfleet-operator",
+                "context": {
+                    "cluster": server["name"],
+                    "user": "kvmfleet-operator",
+                    # Kopf posts the events of cluster-scoped objects in the context's
+                    # namespace, as it does in its own namespace in a pod.
+                    "namespace": installed.namespace,
+                },
+            }
+        ],
+        "current-context": "kvmfleet-operator",
+    }
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
+
+
+def _ssh_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return (
+        Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+
+
+def _forbidden(log: str) -> list[str]:
+    """Log lines of refused API calls (the operator logs each request at debug level)."""
+    return [
+        line
+        for line in log.splitlines()
+        if re.search(
+            r'HTTP/1\.1" 403 |APIForbiddenError|403 Forbidden|Not enough permissions|Failed to post an event',
+            line,
+        )
+    ]
+
+
+@pytest.mark.parametrize("shape", ["clusterwide", "namespaced"])
+def test_operator_runs_with_only_the_chart_permissions(
+    request: pytest.FixtureRequest,
+    cluster: Kubectl,
+    namespace: str,
+    tmp_path: Path,
+    shape: str,
+) -> None:
+    # A second operator would also reconcile every KvmHost already in the cluster (they are
+    # cluster-scoped and always watched): on a shared control plane that means SSH work on
+    # someone else's hypervisors, and, in the namespaced shape, 403s written into their
+    # status. Only run where this test's objects are the only KvmHosts (as in CI).
+    foreign = [o["metadata"]["name"] for o in cluster.json("get", "kvmhosts")["items"]]
+    if foreign:
+        pytest.skip(
+            f"KvmHosts {', '.join(foreign)} exist on this control plane and a second operator "
+            "would reconcile them too; run on a control plane of its own (CI does)"
+        )
+    installed: Installed = request.getfixturevalue(shape)
+    if shape == "namespaced":
+        (vm_namespace,) = [
+            doc["metadata"]["namespace"]
+            for doc in installed.docs
+            if doc["kind"] == "Role" and "virtualnodes" in json.dumps(doc["rules"])
+        ]
+        extra_env = {"KVMFLEET_NAMESPACES": vm_namespace}
+    else:
+        vm_namespace, extra_env = namespace, {}
+    kubeconfig = _serviceaccount_kubeconfig(installed, tmp_path / "kubeconfig")
+
+    host = f"rbac-{uuid.uuid4().hex[:6]}"
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{host}-ssh", "namespace": namespace},
+            "type": "kubernetes.io/ssh-auth",
+            "stringData": {"ssh-privatekey": _ssh_key()},
+        }
+    )
+    # An SSH port on loopback where nothing listens: the host is unreachable, which the
+    # operator reports in status (reading the key Secret first).
+    cluster.apply(
+        {
+            "apiVersion": "kvmfleet.io/v1alpha1",
+            "kind": "KvmHost",
+            "metadata": {"name": host},
+            "spec": {
+                "address": "127.0.0.1",
+                "port": free_port(),
+                "sshKeySecretRef": {"name": f"{host}-ssh", "namespace": namespace},
+                "hostKeyPolicy": "TrustOnFirstUse",
+            },
+        }
+    )
+    cluster.apply(
+        {
+            "apiVersion": "kvmfleet.io/v1alpha1",
+            "kind": "VirtualNode",
+            "metadata": {"name": "rbac-vm", "namespace": vm_namespace},
+            "spec": {"hostRef": host, "cpus": 1, "memory": "256Mi"},
+        }
+    )
+    operator = OperatorProcess(
+        str(kubeconfig),
+        tmp_path / "operator.log",
+        extra_env={"KVMFLEET_HOST_PROBE_INTERVAL": "5", **extra_env},
+    )
+    try:
+        operator.start()
+        kh = cluster.wait_for(
+            lambda o: (
+                o.get("status", {}).get("conditions")
+                and "kvmfleet.io/finalizer" in o["metadata"].get("finalizers", [])
+            ),
+            "kvmhost",
+            host,
+            timeout=90,
+        )
+        reachable = {c["type"]: c for c in kh["status"]["conditions"]}.get("Reachable")
+        assert reachable is None or reachable["status"] != "True", reachable
+        cluster.wait_for(
+            lambda o: (
+                o.get("status", {}).get("conditions")
+                and "kvmfleet.io/finalizer" in o["metadata"].get("finalizers", [])
+            ),
+            "vn",
+            "rbac-vm",
+            "-n",
+            vm_namespace,
+            timeout=90,
+        )
+        # Deletion goes through: the operator removes its finalizers with PATCH.
+        cluster.run("delete", "vn", "rbac-vm", "-n", vm_namespace, "--timeout=60s")
+        cluster.run("delete", "kvmhost", host, "--timeout=60s")
+        log = operator.log()
+        assert host in log and "rbac-vm" in log, log[-3000:]
+        assert not _forbidden(log), "\n".join(_forbidden(log)[:20])
+    finally:
+        operator.stop()
+        for args in (("vn", "rbac-vm", "-n", vm_namespace), ("kvmhost", host)):
+            if cluster.run("get", *args, check=False).returncode == 0:
+                cluster.run(
+                    "patch",
+                    *args,
+                    "--type=merge",
+                    "-p",
+                    '{"metadata":{"finalizers":null}}',
+                    check=False,
+                )
+                cluster.run("delete", *args, "--ignore-not-found", "--wait=false", check=False)

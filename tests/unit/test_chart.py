@@ -329,7 +329,7 @@ def test_watch_namespaces_renders_roles_per_namespace(helm: str) -> None:
     assert env["KVMFLEET_NAMESPACES"] == "lab,hpc"
     roles = {doc["metadata"]["namespace"]: doc for doc in by_kind(docs, "Role")}
     bindings = {doc["metadata"]["namespace"]: doc for doc in by_kind(docs, "RoleBinding")}
-    assert set(roles) == set(bindings) == {"lab", "hpc", NAMESPACE, "keys"}
+    assert set(roles) == set(bindings) == {"lab", "hpc", NAMESPACE, "keys", "default"}
     sa = one(docs, "ServiceAccount")["metadata"]
     for namespace, binding in bindings.items():
         assert binding["roleRef"] == {
@@ -347,13 +347,14 @@ def test_watch_namespaces_renders_roles_per_namespace(helm: str) -> None:
         assert grants[("kvmfleet.io", "vmmasters/status")] == {"get", "patch"}
         assert grants[("", "secrets")] == {"get", "create", "update", "patch", "delete"}
         assert grants[("", "events")] == {"create", "patch"}
-    # The operator's own namespace: KvmHost events and SSH keys; nothing else.
-    assert grants_of(roles[NAMESPACE]) == {
-        ("", "secrets"): {"get"},
+    # The operator's own namespace and sshKeySecretNamespaces: SSH keys, read by name.
+    assert grants_of(roles[NAMESPACE]) == {("", "secrets"): {"get"}}
+    assert grants_of(roles["keys"]) == {("", "secrets"): {"get"}}
+    # Kopf posts the Events of cluster-scoped KvmHosts in "default".
+    assert grants_of(roles["default"]) == {
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
     }
-    assert grants_of(roles["keys"]) == {("", "secrets"): {"get"}}
 
     cluster = grants_of(one(docs, "ClusterRole"))
     assert ("", "secrets") not in cluster

@@ -53,20 +53,32 @@ app.kubernetes.io/part-of: kvmfleet
 {{- end }}
 
 {{/*
+The namespace where Kopf posts the Events of cluster-scoped objects (KvmHosts). Kopf uses
+its login's default namespace, and the official-client login it uses (in a pod too) has
+none, so these Events go to "default".
+*/}}
+{{- define "kvmfleet.clusterEventsNamespace" -}}
+default
+{{- end }}
+
+{{/*
 The namespaces that get a Role when watchNamespaces is set, as YAML:
   <namespace>: {watched: bool, events: bool, sshKeys: bool}
-watched: VirtualNodes/VmMasters live here (full namespaced rules).
-events:  Kopf posts the events of cluster-scoped KvmHosts in the operator's own namespace.
-sshKeys: KvmHosts' SSH key Secrets may live here (get only).
+watched: VirtualNodes/VmMasters live here (full namespaced rules, events and Secrets included).
+events:  Events of cluster-scoped KvmHosts land here (kvmfleet.clusterEventsNamespace).
+sshKeys: KvmHosts' SSH key Secrets may live here (get only): the release namespace and
+         sshKeySecretNamespaces.
 */}}
 {{- define "kvmfleet.namespacedRbacPlan" -}}
 {{- $plan := dict }}
 {{- range .Values.watchNamespaces }}
 {{- $_ := set $plan . (dict "watched" true "events" true "sshKeys" true) }}
 {{- end }}
-{{- $own := get $plan .Release.Namespace | default (dict "watched" false) }}
-{{- $_ := set $plan .Release.Namespace (merge (dict "events" true "sshKeys" true) $own) }}
-{{- range .Values.sshKeySecretNamespaces }}
+{{- $eventsNs := include "kvmfleet.clusterEventsNamespace" . }}
+{{- $entry := get $plan $eventsNs | default (dict "watched" false "sshKeys" false) }}
+{{- $_ := set $plan $eventsNs (merge (dict "events" true) $entry) }}
+{{- $keyNamespaces := concat (list .Release.Namespace) .Values.sshKeySecretNamespaces }}
+{{- range $keyNamespaces }}
 {{- $entry := get $plan . | default (dict "watched" false "events" false) }}
 {{- $_ := set $plan . (merge (dict "sshKeys" true) $entry) }}
 {{- end }}
