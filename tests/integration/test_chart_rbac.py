@@ -106,7 +106,7 @@ def _install(
     assert not installed.can("patch", "virtualnodes.kvmfleet.io", namespace, subresource="status")
     try:
         cluster.apply({"apiVersion": "v1", "kind": "List", "items": rbac})
-        assert installed.can("patch", "kvmhosts.kvmfleet.io", subresource="status")
+        _wait_until_effective(installed, rbac)
         yield installed
     finally:
         for doc in cluster_scoped:
@@ -128,6 +128,22 @@ def _install(
                     "--ignore-not-found",
                     check=False,
                 )
+
+
+def _wait_until_effective(installed: Installed, rbac: list[dict[str, Any]]) -> None:
+    """The authorizer learns new roles through a watch: wait until each one is in force."""
+    probes = []
+    for doc in rbac:
+        if doc["kind"] in ("ClusterRole", "Role"):
+            rule = doc["rules"][0]
+            group, (resource, _, sub) = rule["apiGroups"][0], rule["resources"][0].partition("/")
+            qualified = f"{resource}.{group}" if group else resource
+            probes.append((rule["verbs"][0], qualified, doc["metadata"].get("namespace"), sub))
+    deadline = time.monotonic() + 30
+    for verb, resource, namespace, sub in probes:
+        while not installed.can(verb, resource, namespace, subresource=sub):
+            assert time.monotonic() < deadline, f"{verb} {resource} in {namespace}: never granted"
+            time.sleep(0.2)
 
 
 def _make_namespace(cluster: Kubectl, prefix: str) -> str:
