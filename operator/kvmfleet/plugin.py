@@ -120,7 +120,8 @@ def parser() -> argparse.ArgumentParser:
         "--until",
         type=_pattern,
         metavar="REGEX",
-        help="exit 0 as soon as the output matches REGEX (exit 5 if --timeout passes first)",
+        help="exit 0 once the output matches REGEX, at the end of that line (exit 5 if "
+        "--timeout passes first)",
     )
     console.add_argument(
         "--timeout", type=_positive, metavar="S", help="stop reading after S seconds"
@@ -209,6 +210,7 @@ def _console(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -
             force=args.force,
             device=args.device,
             sink=sink,
+            whole_line=True,
         )
         if args.until is None or output.matched:
             return EXIT_OK

@@ -203,7 +203,7 @@ def test_console_until_streams_the_output_and_exits_0_on_a_match(fleet) -> None:
     assert out == "SeaBIOS\r\nKVMFLEET-GUEST-READY hostname=vm1\r\n"
     kwargs = fleet.calls[-1][2]
     assert kwargs["until"] == re.compile(rb"^KVMFLEET-GUEST-READY", re.M)
-    assert kwargs["timeout"] == 90.0 and kwargs["force"] is False
+    assert kwargs["timeout"] == 90.0 and kwargs["force"] is False and kwargs["whole_line"]
 
 
 def test_console_until_not_seen_in_time_exits_5(fleet) -> None:

@@ -456,8 +456,10 @@ class Fleet:
         force: bool = False,
         device: str | None = None,
         sink: Callable[[bytes], None] | None = None,
+        whole_line: bool = False,
     ) -> ConsoleOutput:
-        """What the VM's serial console shows until ``until`` appears or ``timeout`` passes."""
+        """What the VM's serial console shows until ``until`` appears or ``timeout`` passes
+        (``whole_line``: and to the end of the matching line)."""
         placement = self.placement(namespace, name)
         with self._connection(placement) as connection:
             try:
@@ -470,6 +472,7 @@ class Fleet:
                     device=device,
                     force=force,
                     sink=sink,
+                    whole_line=whole_line,
                 )
             except (OperationInvalidError, LibvirtNotFoundError) as error:
                 raise self._console_error(placement, error) from error

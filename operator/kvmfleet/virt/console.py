@@ -66,6 +66,9 @@ CHUNK = 64 * 1024
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 """What :func:`capture_console` keeps at most unless told otherwise."""
 
+LINE_GRACE = 2.0
+"""Seconds ``whole_line`` waits for the rest of a matched line."""
+
 _POLL = 0.05
 """Seconds the bridge waits for input before it looks at the console's output again."""
 
@@ -147,14 +150,15 @@ class _Matcher:
             raise ValueError("until must not be empty")
         self.until = until
 
-    def found(self, buffer: bytes | bytearray, old_length: int) -> bool:
+    def search(self, buffer: bytes | bytearray, old_length: int) -> int | None:
+        """Where the first match ends, or None; ``old_length``: what was searched before."""
         if self.until is None:
-            return False
+            return None
         if isinstance(self.until, bytes):
-            start = max(0, old_length - len(self.until) + 1)
-            return buffer.find(self.until, start) >= 0
-        start = buffer.rfind(b"\n", 0, old_length) + 1
-        return self.until.search(buffer, start) is not None
+            start = buffer.find(self.until, max(0, old_length - len(self.until) + 1))
+            return None if start < 0 else start + len(self.until)
+        match = self.until.search(buffer, buffer.rfind(b"\n", 0, old_length) + 1)
+        return None if match is None else match.end()
 
 
 class ConsoleStream:
@@ -240,11 +244,14 @@ class ConsoleStream:
         timeout: float,
         max_bytes: int = DEFAULT_MAX_BYTES,
         sink: Callable[[bytes], None] | None = None,
+        whole_line: bool = False,
     ) -> ConsoleOutput:
         """Read until ``until`` appears, ``timeout`` seconds pass (``math.inf``: no limit),
         ``max_bytes`` were read or the console ends; ``sink`` gets every chunk as it comes.
 
-        See :class:`_Matcher` for how a regular expression is searched.
+        ``whole_line``: after a match, go on reading to the end of its line (for at most
+        :data:`LINE_GRACE` seconds more), so that the line is complete. See
+        :class:`_Matcher` for how a regular expression is searched.
         """
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
@@ -253,13 +260,16 @@ class ConsoleStream:
         matcher = _Matcher(until)
         deadline = time.monotonic() + timeout
         buffer = bytearray()
+        matched_at: int | None = None
         while True:
+            if matched_at is not None and (not whole_line or b"\n" in buffer[matched_at - 1 :]):
+                return ConsoleOutput(bytes(buffer), matched=True)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return ConsoleOutput(bytes(buffer))
+                return ConsoleOutput(bytes(buffer), matched=matched_at is not None)
             chunk = self.read(min(remaining, 1.0))
             if chunk is None:
-                return ConsoleOutput(bytes(buffer), ended=True)
+                return ConsoleOutput(bytes(buffer), matched=matched_at is not None, ended=True)
             if not chunk:
                 continue
             chunk = chunk[: max_bytes - len(buffer)]
@@ -267,10 +277,12 @@ class ConsoleStream:
             buffer += chunk
             if sink is not None:
                 sink(chunk)
-            if matcher.found(buffer, old_length):
-                return ConsoleOutput(bytes(buffer), matched=True)
+            if matched_at is None:
+                matched_at = matcher.search(buffer, old_length)
+                if matched_at is not None and whole_line:
+                    deadline = min(deadline, time.monotonic() + LINE_GRACE)
             if len(buffer) >= max_bytes:
-                return ConsoleOutput(bytes(buffer), truncated=True)
+                return ConsoleOutput(bytes(buffer), matched=matched_at is not None, truncated=True)
 
     def close(self) -> None:
         """End the session (finish after the end of the console, abort otherwise); idempotent."""
@@ -348,10 +360,13 @@ def capture_console(
     device: str | None = None,
     force: bool = False,
     sink: Callable[[bytes], None] | None = None,
+    whole_line: bool = False,
 ) -> ConsoleOutput:
     """Open the console, :meth:`~ConsoleStream.capture` from it, close it."""
     with open_console(connection, domain_name, device=device, force=force) as console:
-        return console.capture(until=until, timeout=timeout, max_bytes=max_bytes, sink=sink)
+        return console.capture(
+            until=until, timeout=timeout, max_bytes=max_bytes, sink=sink, whole_line=whole_line
+        )
 
 
 def read_console(

@@ -341,3 +341,27 @@ def test_bridge_ends_with_its_input(fake, connection) -> None:
     finally:
         for fd in (in_read, out_read, out_write):
             os.close(fd)
+
+
+def test_whole_line_reads_on_to_the_end_of_the_matching_line(fake, connection) -> None:
+    feed_later(fake, b"KVMFLEET-GUEST-READY host", b"name=vm1\r", b"\n", b"KVMFLEET-TICK 1\r\n")
+    output = capture_console(
+        connection, "vm1", until=b"KVMFLEET-GUEST-READY", timeout=5, whole_line=True
+    )
+    assert output.matched and output.data == b"KVMFLEET-GUEST-READY hostname=vm1\r\n"
+
+
+def test_whole_line_is_satisfied_by_a_match_ending_in_a_newline(fake, connection) -> None:
+    feed_later(fake, b"login: root\n", b"never needed")
+    output = capture_console(
+        connection, "vm1", until=re.compile(rb"login: \w+\n"), timeout=5, whole_line=True
+    )
+    assert output.matched and output.data == b"login: root\n"
+
+
+def test_whole_line_waits_only_a_little_for_a_line_that_does_not_end(fake, connection) -> None:
+    feed_later(fake, b"login: ")
+    started = time.monotonic()
+    output = capture_console(connection, "vm1", until=b"login:", timeout=30, whole_line=True)
+    assert output.matched and not output.timed_out and output.data == b"login: "
+    assert time.monotonic() - started < 5
