@@ -356,9 +356,13 @@ def exit_code(error: KvmfleetError) -> int:
     return EXIT_FAILED
 
 
-def _message(error: KvmfleetError) -> str:
+def _message(error: KvmfleetError, args: argparse.Namespace) -> str:
     if error.reason == "ConsoleBusy":
-        return f"{error.message}; kubectl kvm console --force takes it over"
+        vm = getattr(args, "vm", "VM")
+        return (
+            f"the serial console of {vm} is in use by another session "
+            f"(kubectl kvm console {vm} --force takes it over)"
+        )
     return error.message
 
 
@@ -380,7 +384,7 @@ def main(
         fleet = fleet_factory(args)
         return COMMANDS[args.command](args, fleet, out, err)
     except KvmfleetError as error:
-        err.write(f"error: {_message(error)}\n")
+        err.write(f"error: {_message(error, args)}\n")
         return exit_code(error)
     except KeyboardInterrupt:
         err.write("\n")

@@ -171,7 +171,7 @@ def test_vnc_prints_getrvidparms_lines(fleet) -> None:
         (NotPlacedError("VirtualNode x/vm1 is not placed on a host yet"), 4, "not placed"),
         (WaitTimeoutError("timed out after 5 s"), 5, "timed out"),
         (SecretUnreadableError("cannot read the VNC password"), 1, "cannot read"),
-        (ConsoleBusyError("Active console session exists"), 1, "--force takes it over"),
+        (ConsoleBusyError("Active console session exists"), 1, "vm1 --force takes it over"),
     ],
 )
 def test_errors_print_a_message_and_exit_with_their_code(fleet, error, code, text) -> None:
