@@ -54,13 +54,18 @@ def cluster() -> Iterator[Kubectl]:
 def operator(cluster: Kubectl) -> Iterator[OperatorProcess]:
     """The operator, running for the whole session against the real API server.
 
-    Hosts are probed every 3 s (60 s by default) so drift and outages show up quickly.
+    Hosts are probed and VMs synced every 3 s (60 s and 30 s by default), and a deletion
+    waits 20 s for an unreachable host (300 s by default), so tests see changes quickly.
     Its log stays in .run/logs/operator-tests.log.
     """
     proc = OperatorProcess(
         cluster.kubeconfig,
         _fresh_log(RUN_DIR / "logs" / "operator-tests.log"),
-        extra_env={"KVMFLEET_HOST_PROBE_INTERVAL": "3"},
+        extra_env={
+            "KVMFLEET_HOST_PROBE_INTERVAL": "3",
+            "KVMFLEET_VM_SYNC_INTERVAL": "3",
+            "KVMFLEET_DELETE_HOST_UNREACHABLE_TIMEOUT": "20",
+        },
     )
     proc.start()
     yield proc

@@ -28,6 +28,17 @@ async def reconcile(
     await common.run(KIND, body, patch, logger, lambda: virtualnodes.reconcile(ctx, resource))
 
 
+@kopf.timer(*RESOURCE, interval=5.0, initial_delay=5.0)
+async def sync(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Keep the observed power state true (every vm_sync_interval): Always restarts a VM
+    that went off behind our back, Manual only reports it."""
+    ctx: Context = memo["ctx"]
+    resource = Resource.from_body(body)
+    await common.run(KIND, body, patch, logger, lambda: virtualnodes.sync(ctx, resource))
+
+
 @kopf.on.delete(*RESOURCE)
 async def remove(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any

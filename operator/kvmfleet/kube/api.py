@@ -73,6 +73,74 @@ class KubeApi:
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 
+    def get_object(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        """One kvmfleet object (namespace None: a cluster-scoped kind)."""
+        with classified(f"reading {plural} {namespace + '/' if namespace else ''}{name}"):
+            if namespace is None:
+                obj = self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name)
+            else:
+                obj = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name
+                )
+        result: dict[str, Any] = obj
+        return result
+
+    def patch_status(
+        self, plural: str, name: str, namespace: str | None, status: dict[str, Any]
+    ) -> None:
+        """Merge-patch status now (used to persist a decision before acting on it)."""
+        body = {"status": status}
+        with classified(f"patching the status of {plural} {name}"):
+            if namespace is None:
+                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body)
+            else:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, body
+                )
+
+    def patch_labels(
+        self, plural: str, name: str, namespace: str, labels: dict[str, str | None]
+    ) -> None:
+        """Merge-patch labels (None removes one)."""
+        body = {"metadata": {"labels": labels}}
+        with classified(f"labelling {plural} {namespace}/{name}"):
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body
+            )
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """All values of a Secret, decoded; None when it does not exist."""
+        try:
+            with classified(f"reading Secret {namespace}/{name}"):
+                secret = self.core.read_namespaced_secret(name, namespace)
+        except NotFoundError:
+            return None
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+    def write_owned_secret(
+        self, namespace: str, name: str, data: dict[str, bytes], owner: dict[str, Any]
+    ) -> None:
+        """Create or replace a Secret owned by `owner` (garbage-collected with it)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "kvmfleet"},
+                "ownerReferences": [owner],
+            },
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        }
+        with classified(f"writing Secret {namespace}/{name}"):
+            try:
+                self.core.create_namespaced_secret(namespace, body)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                self.core.replace_namespaced_secret(name, namespace, body)
+
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Any other client call, with errors classified."""
         with classified(what):

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
+from kvmfleet.domain.allocation import Resources
 from kvmfleet.kube.api import KubeApi
 from kvmfleet.settings import Settings
 from kvmfleet.ssh.session import SshOptions, SshPool
@@ -31,6 +32,12 @@ class Context:
     """One lock per object key: a timer and a handler never work on one object at once."""
     last_probe: dict[str, tuple[float, bool]] = field(default_factory=dict, repr=False)
     """Per KvmHost: (monotonic time of the last probe, whether it ended Ready)."""
+    last_sync: dict[str, float] = field(default_factory=dict, repr=False)
+    """Per VirtualNode uid: monotonic time of the last reconciliation."""
+    reservations: dict[str, tuple[str, Resources, set[str]]] = field(
+        default_factory=dict, repr=False
+    )
+    """Per VirtualNode uid: (host, requests, MACs) decided by this process (see vmplacement)."""
 
     @classmethod
     def create(cls, settings: Settings) -> Context:

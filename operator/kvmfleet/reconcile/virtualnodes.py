@@ -1,29 +1,380 @@
-"""VirtualNode use-cases: schedule, provision, power, change and remove a virtual machine."""
+"""VirtualNode use-cases: schedule, provision, power, change and remove a virtual machine.
+
+`converge` is one idempotent pass (mkvm + rpower + chvm): it observes, then does only
+what is missing, in an order that survives a crash at any line: placement and MACs are
+persisted first, disks are made only if absent, the domain is defined only if absent (or
+redefined when the spec changed), power follows runStrategy and each action annotation
+once. `remove` is rmvm with a bounded wait for hosts that do not answer.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
-from kvmfleet.domain.specs import VirtualNodeSpec
+from kvmfleet.domain.conditions import Condition, Status
+from kvmfleet.domain.power import Call, Transition, plan_power
+from kvmfleet.domain.specs import RunStrategy, VirtualNodeSpec
+from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError
+from kvmfleet.reconcile import failpoints, vmconsole, vmdisks, vmdomain, vmremove
 from kvmfleet.reconcile.context import Context
+from kvmfleet.reconcile.hostaccess import PlacedHost, open_host
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
+from kvmfleet.reconcile.vmplacement import UnschedulableError, ensure_placed
+from kvmfleet.settings import HOST_LABEL
+from kvmfleet.virt.guest import Guests, PowerState
+
+SCHEDULED = "Scheduled"
+DISKS_READY = "DisksReady"
+DEFINED = "Defined"
+RUNNING = "Running"
+ANNOTATION = "kvmfleet.io/{}-requested-at"
+ACTION_ANNOTATIONS = {
+    "start": "start",
+    "stop": "stop",
+    "reboot": "reboot",
+    "reset": "reset",
+    "consoleCredentials": "console-credentials",
+}
+RETRY = 15.0
+
+
+@dataclass
+class _Pass:
+    """One reconciliation of one VirtualNode on its host."""
+
+    ctx: Context
+    node: Resource
+    spec: VirtualNodeSpec
+    host: PlacedHost
+    guests: Guests
+    outcome: Outcome
+    conds: dict[str, Condition]
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 time (as the annotations and status hold them), None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def requests_of(annotations: Mapping[str, str]) -> dict[str, datetime]:
+    """The action annotations present, by action."""
+    result = {}
+    for action, word in ACTION_ANNOTATIONS.items():
+        when = parse_time(annotations.get(ANNOTATION.format(word)))
+        if when is not None:
+            result[action] = when
+    return result
 
 
 async def reconcile(ctx: Context, node: Resource) -> Outcome:
-    """Validate the spec and report the VM's progress."""
-    spec = VirtualNodeSpec.from_dict(node.spec)
-    outcome = Outcome()
-    outcome.status["phase"] = node.status.get("phase") or "Pending"
-    where = f"on KvmHost {spec.host_ref}" if spec.host_ref else "on a host with room"
-    outcome.conditions = cond.summary(
-        ready=False,
-        reason="Pending",
-        message=f"waiting for placement {where}",
-        reconciling=True,
-    )
-    return outcome
+    """A change of the object (or the operator's start): converge now."""
+    async with ctx.lock(f"vn/{node.uid}"):
+        return await converge(ctx, node)
+
+
+async def sync(ctx: Context, node: Resource) -> Outcome:
+    """The periodic check: observed power state, Always restarts, expired VNC passwords."""
+    last = ctx.last_sync.get(node.uid)
+    if last is not None and time.monotonic() - last < ctx.settings.vm_sync_interval:
+        return Outcome()
+    lock = ctx.lock(f"vn/{node.uid}")
+    if lock.locked() or node.deleting:
+        return Outcome()
+    async with lock:
+        return await converge(ctx, node)
 
 
 async def remove(ctx: Context, node: Resource) -> Outcome:
-    """Nothing was created on a host yet, so nothing is left behind."""
-    return Outcome()
+    """rmvm: see vmremove."""
+    async with ctx.lock(f"vn/{node.uid}"):
+        outcome = await vmremove.remove(ctx, node)
+    if outcome.requeue_after is None:
+        ctx.reservations.pop(node.uid, None)
+        ctx.last_sync.pop(node.uid, None)
+        ctx.locks.pop(f"vn/{node.uid}", None)
+        metrics.forget("VirtualNode", node.namespace or "", node.name)
+    return outcome
+
+
+async def converge(ctx: Context, node: Resource) -> Outcome:
+    """One full pass over a VirtualNode; the Outcome carries its whole status."""
+    started = time.monotonic()
+    spec = VirtualNodeSpec.from_dict(node.spec)
+    outcome = Outcome()
+    conds: dict[str, Condition] = {}
+    try:
+        await _converge(ctx, node, spec, outcome, conds)
+    finally:
+        ctx.last_sync[node.uid] = time.monotonic()
+        metrics.VM_OPERATION_DURATION.labels("reconcile").observe(time.monotonic() - started)
+    return outcome
+
+
+async def _converge(
+    ctx: Context,
+    node: Resource,
+    spec: VirtualNodeSpec,
+    outcome: Outcome,
+    conds: dict[str, Condition],
+) -> None:
+    await _check_name(ctx, node)
+    try:
+        placement = await ensure_placed(ctx, node, spec)
+    except UnschedulableError as error:
+        conds[SCHEDULED] = Condition(SCHEDULED, Status.FALSE, error.reason, error.message)
+        outcome.status["phase"] = "Scheduling"
+        _summarise(outcome, conds, ready=False, reason=error.reason, message=error.message)
+        outcome.requeue_after, outcome.retry_message = RETRY, error.message
+        return
+    conds[SCHEDULED] = Condition(SCHEDULED, Status.TRUE, "Scheduled", f"on {placement.host}")
+    outcome.status["host"] = placement.host
+    outcome.status["nics"] = [
+        {"bridge": nic.bridge, "model": str(nic.model), "mac": mac}
+        for nic, mac in zip(spec.nics, placement.macs, strict=True)
+    ]
+    outcome.labels[HOST_LABEL] = placement.host
+
+    try:
+        host = await open_host(ctx, placement.host)
+    except KvmfleetError as error:
+        _host_unavailable(node, outcome, conds, placement.host, error)
+        return
+    guests = await host.guests()
+    try:
+        before = await ctx.blocking(guests.state, node.name)
+    except NotFoundError:
+        before = None
+
+    disks = await vmdisks.ensure(
+        host,
+        node.name,
+        spec,
+        ctx.settings.mount_root,
+        running=before in (PowerState.ON, PowerState.PAUSED),
+    )
+    for path in disks.created:
+        outcome.note("DiskCreated", f"created {path}")
+        metrics.VM_OPERATIONS.labels("create-disk", "success").inc()
+    for path in disks.grown:
+        outcome.note("DiskGrown", f"grew {path}")
+    if disks.created:
+        failpoints.hit("after-disk")
+    outcome.status["disks"] = disks.status
+    missing = len(disks.status) < len(spec.disks)
+    conds[DISKS_READY] = (
+        Condition(DISKS_READY, Status.FALSE, "DiskProblem", "; ".join(disks.problems))
+        if disks.problems
+        else Condition(DISKS_READY, Status.TRUE, "Ready", f"{len(disks.status)} disk(s) ready")
+    )
+    if missing:
+        message = "; ".join(disks.problems)
+        outcome.status["phase"] = "Provisioning"
+        _summarise(outcome, conds, ready=False, reason="DiskProblem", message=message)
+        outcome.requeue_after, outcome.retry_message = RETRY, message
+        return
+
+    run = _Pass(ctx, node, spec, host, guests, outcome, conds)
+    await _define_and_power(run, disks.locations, placement.macs)
+
+
+async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, ...]) -> None:
+    ctx, node, spec, host, guests = run.ctx, run.node, run.spec, run.host, run.guests
+    outcome, conds = run.outcome, run.conds
+    now = datetime.now(UTC).replace(microsecond=0)
+    requests = requests_of(node.annotations)
+    acted_raw = dict(node.status.get("lastActions") or {})
+    acted = {k: t for k, v in acted_raw.items() if (t := parse_time(v)) is not None}
+    rotate = "consoleCredentials" in requests and (
+        "consoleCredentials" not in acted
+        or requests["consoleCredentials"] > acted["consoleCredentials"]
+    )
+    creds = (
+        await vmconsole.ensure_credentials(ctx, node, rotate=rotate) if spec.vnc.enabled else None
+    )
+    result = await vmdomain.ensure_defined(
+        host, node, spec, locations, macs, (creds.password, creds.expires_at) if creds else None
+    )
+    if result.defined_now:
+        outcome.note("Defined", f"domain {node.name} defined on {host.name} (mkvm)")
+        metrics.VM_OPERATIONS.labels("define", "success").inc()
+        failpoints.hit("after-define")
+    elif result.redefined:
+        outcome.note("Redefined", f"domain {node.name} updated from the spec (chvm)")
+    outcome.status["domainUUID"] = result.uuid
+    conds[DEFINED] = Condition(
+        DEFINED, Status.TRUE, "Defined", f"domain {node.name} on {host.name}"
+    )
+    if rotate:
+        acted_raw["consoleCredentials"] = node.annotations[ANNOTATION.format("console-credentials")]
+    if creds is not None and creds.rotated and result.state is PowerState.ON:
+        await ctx.blocking(guests.set_vnc_password, node.name, creds.password, creds.expires_at)
+        outcome.note("ConsoleCredentials", "new VNC password set (getrvidparms)")
+
+    transition_raw = node.status.get("powerTransition") or {}
+    started_at = parse_time(transition_raw.get("startedAt"))
+    transition = Transition(str(transition_raw.get("action")), started_at) if started_at else None
+    plan = plan_power(
+        strategy=spec.run_strategy,
+        state=str(result.state),
+        requests={k: v for k, v in requests.items() if k != "consoleCredentials"},
+        acted=acted,
+        transition=transition,
+        now=now,
+        grace_seconds=spec.shutdown_grace_period_seconds,
+    )
+    for call in plan.calls:
+        await _power_call(ctx, guests, node.name, call)
+    for kind, reason, message in plan.events:
+        (outcome.note if kind == "Normal" else outcome.warn)(reason, message)
+    for action in plan.acted:
+        acted_raw[action] = node.annotations[ANNOTATION.format(ACTION_ANNOTATIONS[action])]
+    outcome.status["lastActions"] = acted_raw
+    outcome.status["powerTransition"] = (
+        {"action": plan.transition.action, "startedAt": cond.rfc3339(plan.transition.started_at)}
+        if plan.transition
+        else None
+    )
+    await _observe(run, creds, plan.requeue_after, result)
+
+
+async def _power_call(ctx: Context, guests: Guests, name: str, call: Call) -> None:
+    fn = {
+        Call.START: guests.start,
+        Call.SHUTDOWN: guests.shutdown,
+        Call.DESTROY: guests.destroy,
+        Call.RESET: guests.reset,
+    }[call]
+    try:
+        await ctx.blocking(fn, name)
+    except KvmfleetError:
+        metrics.VM_OPERATIONS.labels(str(call), "error").inc()
+        raise
+    metrics.VM_OPERATIONS.labels(str(call), "success").inc()
+    if call is Call.START:
+        failpoints.hit("after-start")
+
+
+async def _observe(
+    run: _Pass,
+    creds: vmconsole.VncCredentials | None,
+    requeue: float | None,
+    result: vmdomain.DefineResult,
+) -> None:
+    ctx, node, spec, host, guests = run.ctx, run.node, run.spec, run.host, run.guests
+    outcome, conds = run.outcome, run.conds
+    state = await ctx.blocking(guests.state, node.name)
+    live = await ctx.blocking(guests.info, node.name)
+    on = state in (PowerState.ON, PowerState.PAUSED)
+    outcome.status["powerState"] = str(state)
+    metrics.set_power_state(node.namespace or "", node.name, str(state))
+    outcome.status["restartRequired"] = bool(on and result.restart_required)
+    outcome.status["console"] = vmconsole.console_status(
+        host.spec.address, creds, live.vnc_port, live.serial_pty if on else None, host.name
+    )
+    conds[RUNNING] = Condition(
+        RUNNING, Status.of(on), "Running" if on else "NotRunning", f"power state {state}"
+    )
+    wanted_on = {RunStrategy.ALWAYS: True, RunStrategy.HALTED: False}.get(spec.run_strategy)
+    transition = outcome.status.get("powerTransition")
+    if transition:
+        phase = "Stopping" if transition["action"] == "stop" else "Starting"
+    elif on:
+        phase = "Running"
+    elif wanted_on:
+        phase = "Starting"
+    else:
+        phase = "Stopped"
+    outcome.status["phase"] = phase
+    settled = not transition and (wanted_on is None or wanted_on == on)
+    problems = [c for c in conds.values() if c.status is Status.FALSE and c.type != RUNNING]
+    if settled and not problems:
+        _summarise(outcome, conds, ready=True, reason=phase, message=f"{phase} on {host.name}")
+    elif problems:
+        _summarise(
+            outcome,
+            conds,
+            ready=False,
+            reason=problems[0].reason,
+            message=problems[0].message,
+            reconciling=False,
+        )
+    else:
+        _summarise(outcome, conds, ready=False, reason=phase, message=f"{phase} on {host.name}")
+        outcome.requeue_after = requeue or 2.0
+        outcome.retry_message = f"waiting for the VM to be {phase.lower()}"
+
+
+def _host_unavailable(
+    node: Resource,
+    outcome: Outcome,
+    conds: dict[str, Condition],
+    host: str,
+    error: KvmfleetError,
+) -> None:
+    """An unreachable host: the VM's state is Unknown; nothing is deleted or recreated."""
+    outcome.status["powerState"] = "Unknown"
+    outcome.status["phase"] = "Unknown"
+    metrics.set_power_state(node.namespace or "", node.name, "Unknown")
+    conds[RUNNING] = Condition(RUNNING, Status.UNKNOWN, "HostUnavailable", error.message)
+    _summarise(
+        outcome,
+        conds,
+        ready=False,
+        reason="HostUnavailable",
+        message=f"KvmHost {host}: {error.message}",
+        reconciling=False,
+    )
+    outcome.requeue_after, outcome.retry_message = RETRY, error.message
+
+
+async def _check_name(ctx: Context, node: Resource) -> None:
+    """Domain and disk names come from metadata.name: it must be unique in the cluster."""
+    nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
+    older = [
+        o
+        for o in nodes
+        if o["metadata"]["name"] == node.name
+        and o["metadata"]["uid"] != node.uid
+        and (o["metadata"].get("creationTimestamp", ""), o["metadata"]["uid"])
+        < (_created(node, nodes), node.uid)
+    ]
+    if older:
+        other = older[0]["metadata"]
+        raise PermanentError(
+            f"VirtualNode names are unique across namespaces (they name libvirt domains and "
+            f"disk files, as xCAT node names do): {other.get('namespace')}/{node.name} exists",
+            reason="NameInUse",
+        )
+
+
+def _created(node: Resource, nodes: list[dict[str, Any]]) -> str:
+    own = next((o for o in nodes if o["metadata"]["uid"] == node.uid), None)
+    return str((own or {}).get("metadata", {}).get("creationTimestamp", "9999"))
+
+
+def _summarise(
+    outcome: Outcome,
+    conds: dict[str, Condition],
+    *,
+    ready: bool,
+    reason: str,
+    message: str,
+    reconciling: bool | None = None,
+) -> None:
+    outcome.conditions = [
+        *conds.values(),
+        *cond.summary(ready=ready, reason=reason, message=message, reconciling=reconciling),
+    ]

@@ -295,6 +295,16 @@ class Guests:
         """Hard reset (the reset button); OperationInvalidError if it is not running."""
         self._act(name_or_uuid, "reset", lambda d: d.reset(0), invalid_means_done=False)
 
+    def block_resize(self, name_or_uuid: str, target: str, size_bytes: int) -> None:
+        """Grow a disk of a running domain (the guest sees the new size at once)."""
+        flags = libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
+        self._act(
+            name_or_uuid,
+            f"grow disk {target}",
+            lambda d: d.blockResize(target, size_bytes, flags),
+            invalid_means_done=False,
+        )
+
     def undefine(self, name_or_uuid: str) -> bool:
         """Remove the definition (and managed save, snapshot metadata, NVRAM); keeps disks.
 

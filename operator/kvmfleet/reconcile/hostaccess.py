@@ -1,0 +1,40 @@
+"""Reach the KvmHost a VirtualNode lives on: its object, its spec, an SSH session to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kvmfleet.domain.specs import KvmHostSpec
+from kvmfleet.reconcile.context import Context
+from kvmfleet.reconcile.hostsession import HostSession, connect
+from kvmfleet.virt.guest import Guests
+
+
+@dataclass
+class PlacedHost:
+    """A connected KvmHost, with what VirtualNode work needs of its object."""
+
+    name: str
+    spec: KvmHostSpec
+    status: dict[str, Any]
+    session: HostSession
+
+    @property
+    def virt_type(self) -> str:
+        """libvirt domain type: kvm where the probe found KVM, qemu (TCG) otherwise."""
+        caps = self.status.get("capabilities") or {}
+        return "kvm" if caps.get("virtualization") == "kvm" else "qemu"
+
+    async def guests(self) -> Guests:
+        """Domain operations on this host."""
+        return Guests(await self.session.libvirt())
+
+
+async def open_host(ctx: Context, name: str) -> PlacedHost:
+    """Read the KvmHost and connect to it (errors stay classified: unreachable is temporary)."""
+    obj = await ctx.blocking(ctx.kube.get_object, "kvmhosts", name)
+    spec = KvmHostSpec.from_dict(obj.get("spec") or {})
+    status = dict(obj.get("status") or {})
+    session = await connect(ctx, name, spec, status.get("hostKey"))
+    return PlacedHost(name, spec, status, session)
