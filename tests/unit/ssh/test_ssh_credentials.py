@@ -12,7 +12,9 @@ from kvmfleet.ssh.errors import InvalidPrivateKeyError
 from kvmfleet.ssh.session import SshCredentials, SshTarget
 
 
-def keygen(tmp_path: Path, key_type: str, fmt: str | None = None, passphrase: str = "") -> tuple[bytes, str]:
+def keygen(
+    tmp_path: Path, key_type: str, fmt: str | None = None, passphrase: str = ""
+) -> tuple[bytes, str]:
     path = tmp_path / f"id_{key_type}_{fmt or 'openssh'}_{bool(passphrase)}"
     extra = ["-b", "2048"] if key_type == "rsa" else []
     if fmt:
@@ -27,8 +29,15 @@ def keygen(tmp_path: Path, key_type: str, fmt: str | None = None, passphrase: st
 
 @pytest.mark.parametrize(
     ("key_type", "fmt"),
-    [("ed25519", None), ("ecdsa", None), ("rsa", None), ("ecdsa", "PEM"), ("rsa", "PEM"),
-     ("rsa", "PKCS8"), ("ed25519", "PKCS8")],
+    [
+        ("ed25519", None),
+        ("ecdsa", None),
+        ("rsa", None),
+        ("ecdsa", "PEM"),
+        ("rsa", "PEM"),
+        ("rsa", "PKCS8"),
+        ("ed25519", "PKCS8"),
+    ],
 )
 def test_reads_openssh_pem_and_pkcs8_keys(tmp_path: Path, key_type: str, fmt: str | None) -> None:
     private, public = keygen(tmp_path, key_type, fmt)
@@ -48,7 +57,15 @@ def test_encrypted_keys_need_the_right_passphrase(tmp_path: Path, fmt: str | Non
     assert "s3cret" not in str(caught.value) and "wrong" not in caught.value.message.split("(")[0]
 
 
-@pytest.mark.parametrize("garbage", [b"", b"   \n", b"not a key", b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"   \n",
+        b"not a key",
+        b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+    ],
+)
 def test_garbage_is_an_invalid_key(garbage: bytes) -> None:
     with pytest.raises(InvalidPrivateKeyError) as caught:
         SshCredentials(garbage)
@@ -83,9 +100,15 @@ def test_target_is_validated_and_canonical() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"address": "host;reboot"}, {"address": "-oProxyCommand=x"}, {"address": "a b"},
-     {"address": "10.0.0.1", "port": 0}, {"address": "10.0.0.1", "port": 70000},
-     {"address": "10.0.0.1", "user": "root;id"}, {"address": "10.0.0.1", "user": "-l"}],
+    [
+        {"address": "host;reboot"},
+        {"address": "-oProxyCommand=x"},
+        {"address": "a b"},
+        {"address": "10.0.0.1", "port": 0},
+        {"address": "10.0.0.1", "port": 70000},
+        {"address": "10.0.0.1", "user": "root;id"},
+        {"address": "10.0.0.1", "user": "-l"},
+    ],
 )
 def test_target_refuses_unsafe_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidSpecError):

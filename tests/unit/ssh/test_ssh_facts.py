@@ -96,7 +96,8 @@ def test_addresses() -> None:
     assert facts.link_with_address(plain, "10.9.9.9") is None
     bridged = facts.parse_ip_addrs(sample("br_addrs.json"))
     assert [a.cidr for a in facts.global_addresses(bridged["br0"])] == [
-        "10.99.0.5/24", "fd00::5/64",
+        "10.99.0.5/24",
+        "fd00::5/64",
     ]
     assert facts.global_addresses(bridged["eth0"]) == []
     assert facts.link_with_address(bridged, "10.99.0.5") == "br0"
@@ -109,15 +110,17 @@ def test_routes() -> None:
     bridged = facts.default_route(facts.parse_ip_routes(sample("br_routes.json")))
     assert bridged is not None and bridged.dev == "br0"
     assert facts.default_route(facts.parse_ip_routes("[]")) is None
-    two = '[{"dst":"default","gateway":"10.0.0.2","dev":"a","metric":200},' \
-          '{"dst":"default","gateway":"10.0.0.1","dev":"b","metric":100}]'
+    two = (
+        '[{"dst":"default","gateway":"10.0.0.2","dev":"a","metric":200},'
+        '{"dst":"default","gateway":"10.0.0.1","dev":"b","metric":100}]'
+    )
     assert facts.default_route(facts.parse_ip_routes(two)).dev == "b"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
     "parser", [facts.parse_ip_links, facts.parse_ip_addrs, facts.parse_ip_routes]
 )
-@pytest.mark.parametrize("bad", ["", "Object \"j\" is unknown", "{}", "[1, 2]", '[{"x": 1}]'])
+@pytest.mark.parametrize("bad", ["", 'Object "j" is unknown', "{}", "[1, 2]", '[{"x": 1}]'])
 def test_network_parsers_refuse_garbage(parser, bad: str) -> None:
     with pytest.raises(UnexpectedOutputError):
         parser(bad)

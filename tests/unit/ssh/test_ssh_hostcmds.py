@@ -9,7 +9,17 @@ from kvmfleet.errors import InvalidSpecError
 from kvmfleet.ssh import hostcmds
 from kvmfleet.ssh.quoting import quote_argv
 
-BAD_PATHS = ["relative/x", "../x", "/var/../etc", "/a\nb", "/a b", "/a;reboot", "/$(id)", "", "/a\0b"]
+BAD_PATHS = [
+    "relative/x",
+    "../x",
+    "/var/../etc",
+    "/a\nb",
+    "/a b",
+    "/a;reboot",
+    "/$(id)",
+    "",
+    "/a\0b",
+]
 
 
 def test_fixed_probes() -> None:
@@ -17,7 +27,15 @@ def test_fixed_probes() -> None:
     assert hostcmds.nproc() == ["nproc"]
     assert hostcmds.meminfo() == ["cat", "/proc/meminfo"]
     assert hostcmds.dev_kvm_usable() == [
-        "test", "-c", "/dev/kvm", "-a", "-r", "/dev/kvm", "-a", "-w", "/dev/kvm",
+        "test",
+        "-c",
+        "/dev/kvm",
+        "-a",
+        "-r",
+        "/dev/kvm",
+        "-a",
+        "-w",
+        "/dev/kvm",
     ]
     assert hostcmds.dev_kvm_device() == ["stat", "-L", "-c", "%F %t:%T", "/dev/kvm"]
     assert hostcmds.ip_links() == ["ip", "-j", "-d", "link", "show"]
@@ -35,7 +53,10 @@ def test_builders_return_fresh_lists() -> None:
 
 def test_paths_are_normalized_and_end_options() -> None:
     assert hostcmds.mkdir_p("/var/lib//kvmfleet/./pools/") == [
-        "mkdir", "-p", "--", "/var/lib/kvmfleet/pools",
+        "mkdir",
+        "-p",
+        "--",
+        "/var/lib/kvmfleet/pools",
     ]
     assert hostcmds.rm_file("/var/lib/x.qcow2") == ["rm", "-f", "--", "/var/lib/x.qcow2"]
     assert hostcmds.test_block_device("/dev/sdb") == ["test", "-b", "/dev/sdb"]
@@ -59,13 +80,27 @@ def test_rm_refuses_the_root() -> None:
 
 def test_qemu_img_create() -> None:
     assert hostcmds.qemu_img_create("/var/lib/vm.hda.qcow2", 20 * 2**30) == [
-        "qemu-img", "create", "-q", "-f", "qcow2", "/var/lib/vm.hda.qcow2", str(20 * 2**30),
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "/var/lib/vm.hda.qcow2",
+        str(20 * 2**30),
     ]
     assert hostcmds.qemu_img_create(
         "nfs://10.77.0.2/srv/vms/vm.hda.qcow2", None, backing="nfs://10.77.0.2/srv/vms/m.qcow2"
     ) == [
-        "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-        "-b", "nfs://10.77.0.2/srv/vms/m.qcow2", "nfs://10.77.0.2/srv/vms/vm.hda.qcow2",
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        "nfs://10.77.0.2/srv/vms/m.qcow2",
+        "nfs://10.77.0.2/srv/vms/vm.hda.qcow2",
     ]
     assert hostcmds.qemu_img_create("/x.raw", 1024, fmt="raw")[4] == "raw"
 
@@ -95,23 +130,48 @@ def test_qemu_img_create_refuses(args: tuple[object, ...], kwargs: dict[str, obj
 
 def test_other_qemu_img_commands() -> None:
     assert hostcmds.qemu_img_info("/v/x.qcow2") == [
-        "qemu-img", "info", "--output=json", "-U", "/v/x.qcow2",
+        "qemu-img",
+        "info",
+        "--output=json",
+        "-U",
+        "/v/x.qcow2",
     ]
     assert "--backing-chain" in hostcmds.qemu_img_info("/v/x.qcow2", backing_chain=True)
     assert hostcmds.qemu_img_resize("/v/x.qcow2", 2**31) == [
-        "qemu-img", "resize", "-q", "-f", "qcow2", "/v/x.qcow2", str(2**31),
+        "qemu-img",
+        "resize",
+        "-q",
+        "-f",
+        "qcow2",
+        "/v/x.qcow2",
+        str(2**31),
     ]
-    assert hostcmds.qemu_img_convert("/v/a.qcow2", "/v/b.qcow2")[-2:] == ["/v/a.qcow2", "/v/b.qcow2"]
+    assert hostcmds.qemu_img_convert("/v/a.qcow2", "/v/b.qcow2")[-2:] == [
+        "/v/a.qcow2",
+        "/v/b.qcow2",
+    ]
     assert hostcmds.qemu_img_rebase("/v/a.qcow2", "/v/m.qcow2", unsafe=True) == [
-        "qemu-img", "rebase", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", "/v/m.qcow2",
+        "qemu-img",
+        "rebase",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-F",
+        "qcow2",
+        "-b",
+        "/v/m.qcow2",
         "/v/a.qcow2",
     ]
 
 
 def test_ip_batch_input_from_words_and_lines() -> None:
     data = hostcmds.ip_batch_input(
-        [["link", "add", "name", "br0", "type", "bridge"], "addr add 10.0.0.5/24 dev br0",
-         "route replace default via 10.0.0.1 dev br0"]
+        [
+            ["link", "add", "name", "br0", "type", "bridge"],
+            "addr add 10.0.0.5/24 dev br0",
+            "route replace default via 10.0.0.1 dev br0",
+        ]
     )
     assert data == (
         b"link add name br0 type bridge\n"
@@ -136,7 +196,7 @@ def test_ip_batch_input_takes_the_bridge_planners_lines() -> None:
         ["link add br0\nlink del eth0"],
         ["link  add br0"],
         ["link add br0 # comment"],
-        [["link", "add", "\"br0\""]],
+        [["link", "add", '"br0"']],
         [["link", "add", "br 0"]],
         [["netns", "exec", "x", "sh"]],
         [["-force", "link"]],
@@ -163,7 +223,8 @@ def test_interface_name() -> None:
 
 def test_every_builder_output_quotes_cleanly() -> None:
     for argv in (
-        hostcmds.cpuinfo_flags(), hostcmds.dev_kvm_device(),
+        hostcmds.cpuinfo_flags(),
+        hostcmds.dev_kvm_device(),
         hostcmds.qemu_img_create("/v/a b.qcow2".replace(" ", "_"), 1),
     ):
         assert quote_argv(argv)

@@ -27,7 +27,19 @@ def keygen(directory: Path, name: str, key_type: str = "ed25519") -> tuple[Path,
     path = directory / name
     extra = ["-b", "2048"] if key_type == "rsa" else []
     subprocess.run(
-        ["ssh-keygen", "-q", "-t", key_type, *extra, "-N", "", "-C", f"root@{name}", "-f", str(path)],
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            key_type,
+            *extra,
+            "-N",
+            "",
+            "-C",
+            f"root@{name}",
+            "-f",
+            str(path),
+        ],
         check=True,
     )
     return path, path.with_suffix(".pub").read_text().strip()
@@ -42,7 +54,9 @@ def test_fingerprint_matches_ssh_keygen(tmp_path: Path, key_type: str) -> None:
     path, public = keygen(tmp_path, f"k-{key_type}", key_type)
     listed = subprocess.run(
         ["ssh-keygen", "-l", "-E", "sha256", "-f", f"{path}.pub"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()[1]
     assert fingerprint(public) == listed
     assert HostKey.from_paramiko(paramiko_key(path)).fingerprint == listed
@@ -57,7 +71,8 @@ def test_known_hosts_form_drops_the_comment(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "ssh-ed25519", "ssh-ed25519 !!!notbase64", "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIBCL", 42]
+    "bad",
+    ["", "ssh-ed25519", "ssh-ed25519 !!!notbase64", "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIBCL", 42],
 )
 def test_bad_host_keys_are_refused(bad: object) -> None:
     with pytest.raises(InvalidSpecError):

@@ -68,7 +68,9 @@ def test_runs_a_command_with_the_expected_key(host, server_keys, client_credenti
     assert host.record.commands == ["echo 'hello world'"]
 
 
-def test_a_wrong_host_key_stops_before_authentication(host, server_keys, client_credentials) -> None:
+def test_a_wrong_host_key_stops_before_authentication(
+    host, server_keys, client_credentials
+) -> None:
     with pytest.raises(HostKeyMismatchError) as caught:
         connect(host, client_credentials, HostKeyCheck.strict(line(server_keys["other"])))
     assert isinstance(caught.value, PermanentError)
@@ -83,13 +85,17 @@ def test_strict_without_a_key_never_connects(host, client_credentials) -> None:
     assert host.transports == []
 
 
-def test_trust_on_first_use_reports_the_key_to_record(host, server_keys, client_credentials) -> None:
+def test_trust_on_first_use_reports_the_key_to_record(
+    host, server_keys, client_credentials
+) -> None:
     with connect(host, client_credentials, HostKeyCheck.trust_on_first_use()) as session:
         recorded = session.host_key
     assert recorded == line(server_keys["ecdsa"])
     connect(host, client_credentials, HostKeyCheck.trust_on_first_use(recorded)).close()
     with pytest.raises(HostKeyMismatchError):
-        connect(host, client_credentials, HostKeyCheck.trust_on_first_use(line(server_keys["other"])))
+        connect(
+            host, client_credentials, HostKeyCheck.trust_on_first_use(line(server_keys["other"]))
+        )
     assert len(host.record.auth_attempts) == 2
 
 
@@ -209,7 +215,9 @@ def test_pool_reuses_one_session(pool, server_keys, client_credentials) -> None:
     assert ssh.session(TARGET, client_credentials, check) is made[0]
 
 
-def test_pool_reconnects_after_the_transport_died(pool, host, server_keys, client_credentials) -> None:
+def test_pool_reconnects_after_the_transport_died(
+    pool, host, server_keys, client_credentials
+) -> None:
     ssh, made = pool
     check = HostKeyCheck.strict(line(server_keys["ecdsa"]))
     ssh.run(TARGET, client_credentials, check, ["true"])
@@ -228,7 +236,9 @@ def test_pool_adopts_a_first_use_session_once_its_key_is_recorded(
     assert len(made) == 1
 
 
-def test_pool_replaces_sessions_whose_expectation_changed(pool, server_keys, client_credentials) -> None:
+def test_pool_replaces_sessions_whose_expectation_changed(
+    pool, server_keys, client_credentials
+) -> None:
     ssh, made = pool
     ssh.session(TARGET, client_credentials, HostKeyCheck.strict(line(server_keys["ecdsa"])))
     with pytest.raises(HostKeyMismatchError):

@@ -70,7 +70,9 @@ def test_repr_hides_the_key(key: bytes, host_key: str) -> None:
 
 
 def test_connect_uri_for_ssh_uses_the_wrapper(key: bytes, host_key: str, private_dir: Path) -> None:
-    target = LibvirtTarget.for_host("10.77.0.11", key, host_key, libvirt_uri="qemu+ssh://root@10.77.0.11/system?mode=legacy")
+    target = LibvirtTarget.for_host(
+        "10.77.0.11", key, host_key, libvirt_uri="qemu+ssh://root@10.77.0.11/system?mode=legacy"
+    )
     uri = target.connect_uri(private_dir)
     query = parse_qs(urlsplit(uri).query)
     assert uri.startswith("qemu+ssh://root@10.77.0.11/system?")
@@ -119,7 +121,9 @@ def ssh_config(wrapper: Path, *extra: str) -> dict[str, str]:
     """What ssh would do (``ssh -G`` prints the resolved configuration; no connection)."""
     out = subprocess.run(
         [str(wrapper), *extra, "-G", "-p", "22", "-l", "root", "--", "10.77.0.11"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     config: dict[str, str] = {}
     for line in out.splitlines():
@@ -305,9 +309,17 @@ def test_ssh_stderr_decides_the_classification() -> None:
 
     # What libvirt reports when ssh's stderr exceeds its 1024-byte buffer.
     error = libvirt.libvirtError("Cannot recv data: Value too large for defined data type")
-    error.err = (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC,
-                 "Cannot recv data: Value too large for defined data type", 2,
-                 None, None, None, 0, 0)
+    error.err = (
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_FROM_RPC,
+        "Cannot recv data: Value too large for defined data type",
+        2,
+        None,
+        None,
+        None,
+        0,
+        0,
+    )
     assert isinstance(classify(error, "ctx"), TemporaryError)
     keyed = classify(error, "ctx", detail="Host key verification failed.")
     assert isinstance(keyed, LibvirtHostKeyError)

@@ -32,7 +32,9 @@ def test_define_lookup_and_state(guests) -> None:
     assert guests.lookup(uuid.upper()).name == "vm1"
     assert guests.state("vm1") is PowerState.OFF
     assert guests.exists("vm1") and not guests.exists("vm2")
-    assert "<name>vm1</name>" in guests.xml("vm1") and "<name>vm1</name>" in guests.xml("vm1", live=False)
+    assert "<name>vm1</name>" in guests.xml("vm1") and "<name>vm1</name>" in guests.xml(
+        "vm1", live=False
+    )
     assert guests.info("vm1").uid == summary.uid
 
 
@@ -102,10 +104,10 @@ LIVE = """<domain type='kvm'><name>vm1</name><devices>
 def test_vnc_device_xml_keeps_the_device_and_sets_the_password() -> None:
     until = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
     xml = _vnc_graphics_xml(LIVE, "pa'ss<&>", until)
-    assert xml.startswith("<graphics type=\"vnc\" port=\"5901\"")
-    assert "passwd=\"pa'ss&lt;&amp;&gt;\"" in xml
+    assert xml.startswith('<graphics type="vnc" port="5901"')
+    assert 'passwd="pa\'ss&lt;&amp;&gt;"' in xml
     assert 'passwdValidTo="2030-01-02T01:04:05"' in xml
-    assert "<listen type=\"address\" address=\"127.0.0.1\"" in xml
+    assert '<listen type="address" address="127.0.0.1"' in xml
     assert "passwdValidTo" not in _vnc_graphics_xml(LIVE, "x", None)
 
 

@@ -27,7 +27,11 @@ def test_format_version() -> None:
 
 def test_facts(connection) -> None:
     facts = Host(connection).facts()
-    assert (facts.cpus, facts.memory_mib, facts.libvirt_version) == (4, 4096, format_version(libvirt.getVersion()))
+    assert (facts.cpus, facts.memory_mib, facts.libvirt_version) == (
+        4,
+        4096,
+        format_version(libvirt.getVersion()),
+    )
     assert facts.hostname
     assert facts.kvm_domain_supported is False and facts.virtualization == "emulated"
 
@@ -48,7 +52,10 @@ def test_list_domains_with_owner_and_state(connection) -> None:
     conn.defineXML(domain_xml("b-ours")).create()
     conn.defineXML(domain_xml("a-foreign", owned=False))
     domains = Host(connection).list_domains()
-    assert [(d.name, d.state) for d in domains] == [("a-foreign", PowerState.OFF), ("b-ours", PowerState.ON)]
+    assert [(d.name, d.state) for d in domains] == [
+        ("a-foreign", PowerState.OFF),
+        ("b-ours", PowerState.ON),
+    ]
     assert domains[0].uid is None
     assert domains[1].uid == "0b0c1d2e-1111-2222-3333-444455556666"
     assert domains[1].owner is not None and domains[1].owner.serial_speed == 115200
@@ -63,7 +70,10 @@ def test_dir_pool_is_idempotent(connection) -> None:
     assert second.available_bytes <= second.capacity_bytes
     [summary] = host.list_pools()
     assert (summary.name, summary.type, summary.active, summary.autostart) == (
-        "kvmfleet-abc", "dir", True, True,
+        "kvmfleet-abc",
+        "dir",
+        True,
+        True,
     )
     host.refresh_pool("kvmfleet-abc")
 
@@ -95,7 +105,9 @@ def test_delete_pool_twice(connection) -> None:
 
 
 def test_netfs_pool_on_a_driver_that_can_mount(connection) -> None:
-    info = Host(connection).ensure_netfs_pool("nfs1", "10.77.0.2", "/srv/vms", "/var/lib/kvmfleet/pools/x")
+    info = Host(connection).ensure_netfs_pool(
+        "nfs1", "10.77.0.2", "/srv/vms", "/var/lib/kvmfleet/pools/x"
+    )
     assert info.path == "/var/lib/kvmfleet/pools/x" and info.active
 
 
@@ -119,8 +131,17 @@ class _Pool:
 
     def create(self, flags: int) -> int:
         error = libvirt.libvirtError(self.message)
-        error.err = (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_STORAGE, self.message, 2,
-                     None, None, None, 0, 0)
+        error.err = (
+            libvirt.VIR_ERR_INTERNAL_ERROR,
+            libvirt.VIR_FROM_STORAGE,
+            self.message,
+            2,
+            None,
+            None,
+            None,
+            0,
+            0,
+        )
         raise error
 
 
@@ -132,11 +153,16 @@ NO_NFS = (
 
 @pytest.mark.parametrize(
     "message",
-    [NO_NFS, "mount: /mnt/x: unknown filesystem type 'nfs'.",
-     "mount: /mnt/x: bad option; for several filesystems (e.g. nfs, cifs) you might need a "
-     "/sbin/mount.<type> helper program."],
+    [
+        NO_NFS,
+        "mount: /mnt/x: unknown filesystem type 'nfs'.",
+        "mount: /mnt/x: bad option; for several filesystems (e.g. nfs, cifs) you might need a "
+        "/sbin/mount.<type> helper program.",
+    ],
 )
-def test_a_host_without_nfs_gets_a_clear_permanent_error(connection, monkeypatch, message: str) -> None:
+def test_a_host_without_nfs_gets_a_clear_permanent_error(
+    connection, monkeypatch, message: str
+) -> None:
     host = Host(connection)
     monkeypatch.setattr(host, "_pool_or_none", lambda name: _Pool(message))
     with pytest.raises(NfsMountUnsupportedError) as caught:
@@ -157,8 +183,15 @@ def test_other_netfs_start_failures_keep_their_classification(connection, monkey
 
 
 @pytest.mark.parametrize(
-    ("name", "path"), [("p;reboot", "/srv/p"), ("../p", "/srv/p"), ("p", "srv/p"), ("p", "/srv/../etc"),
-                       ("p\n", "/srv/p"), ("p", "/srv/p q")],
+    ("name", "path"),
+    [
+        ("p;reboot", "/srv/p"),
+        ("../p", "/srv/p"),
+        ("p", "srv/p"),
+        ("p", "/srv/../etc"),
+        ("p\n", "/srv/p"),
+        ("p", "/srv/p q"),
+    ],
 )
 def test_pool_inputs_are_validated(connection, name: str, path: str) -> None:
     with pytest.raises(InvalidSpecError):
