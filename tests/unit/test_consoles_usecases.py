@@ -405,6 +405,28 @@ def test_a_start_acknowledged_but_not_on_keeps_waiting_until_the_timeout(
     assert 9.9 <= clock.mono <= 10.1
 
 
+def test_a_reboot_is_done_when_the_graceful_transition_is_over(fleet, kube) -> None:
+    def operator(api: FakeKube, reads: int) -> None:
+        node = api.node()
+        stamp = node["metadata"].get("annotations", {}).get("kvmfleet.io/reboot-requested-at")
+        if not stamp:
+            return
+        status = node["status"]
+        if reads == 3:  # ACPI shutdown sent: acknowledged, transition under way
+            status["lastActions"] = {"reboot": stamp}
+            status["powerTransition"] = {"action": "reboot", "startedAt": stamp}
+        if reads == 5:
+            status["powerState"] = "Off"
+        if reads == 7:
+            status.update(powerState="On", powerTransition=None)
+
+    kube.hook = operator
+    result = fleet.act("default", "vm1", "reboot", wait=True, timeout=60)
+    assert kube.reads >= 7
+    assert result.node["status"]["powerState"] == "On"
+    assert not result.node["status"]["powerTransition"]
+
+
 def test_without_wait_the_action_is_only_requested(fleet, kube, clock) -> None:
     result = fleet.act("default", "vm1", "reset", wait=False)
     assert result.stamp == "2025-03-01T12:00:00Z"

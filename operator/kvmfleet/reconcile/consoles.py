@@ -203,14 +203,16 @@ def acknowledged(node: Mapping[str, Any], action: Action, stamp: str) -> bool:
 
 
 def action_done(node: Mapping[str, Any], action: Action, stamp: str) -> bool:
-    """Acknowledged, and for start / stop the power state followed."""
+    """Acknowledged, and the power state followed: start On, stop Off, reboot and reset On
+    again with no graceful transition (``status.powerTransition``) still under way."""
     if not acknowledged(node, action, stamp):
         return False
     power = _get(node, "status", "powerState")
-    if action is Action.START:
-        return bool(power == "On")
+    in_transition = bool(_get(node, "status", "powerTransition"))
     if action is Action.STOP:
         return bool(power == "Off")
+    if action in (Action.START, Action.REBOOT, Action.RESET):
+        return bool(power == "On") and not in_transition
     return True
 
 
@@ -570,7 +572,7 @@ class Fleet:
     def act(
         self, namespace: str, name: str, action: Action | str, *, wait: bool, timeout: float = 300
     ) -> ActionRequest:
-        """Request an action; with ``wait``, until the operator did it (see action_done)."""
+        """Request an action; with ``wait``, until the operator did it (:func:`action_done`)."""
         action = Action(action)
         stamp = self.request_action(namespace, name, action)
         if not wait:
