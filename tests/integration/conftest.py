@@ -65,6 +65,7 @@ def operator(cluster: Kubectl) -> Iterator[OperatorProcess]:
             "KVMFLEET_HOST_PROBE_INTERVAL": "3",
             "KVMFLEET_VM_SYNC_INTERVAL": "3",
             "KVMFLEET_DELETE_HOST_UNREACHABLE_TIMEOUT": "20",
+            "KVMFLEET_SSH_COMMAND_TIMEOUT": "20",
         },
     )
     proc.start()

@@ -904,7 +904,7 @@ CONTRACT = {
         },
         "status": {
             "observedGeneration", "conditions", "phase", "host", "domainUUID", "powerState",
-            "nics", "disks", "console", "migration", "restartRequired", "kopf",
+            "nics", "disks", "console", "migration", "restartRequired", "kopf", "powerTransition", "deletion",
             "lastActions",
         },
         "spec.nics[]": {"bridge", "model", "mac"},

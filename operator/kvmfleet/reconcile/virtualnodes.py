@@ -20,13 +20,13 @@ from kvmfleet.domain import conditions as cond
 from kvmfleet.domain.conditions import Condition, Status
 from kvmfleet.domain.power import Call, Transition, plan_power
 from kvmfleet.domain.specs import RunStrategy, VirtualNodeSpec
-from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError
+from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
 from kvmfleet.reconcile import failpoints, vmconsole, vmdisks, vmdomain, vmremove
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostaccess import PlacedHost, open_host
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
-from kvmfleet.reconcile.vmplacement import UnschedulableError, ensure_placed
+from kvmfleet.reconcile.vmplacement import Placement, UnschedulableError, ensure_placed
 from kvmfleet.settings import HOST_LABEL
 from kvmfleet.virt.guest import Guests, PowerState
 
@@ -149,9 +149,25 @@ async def _converge(
 
     try:
         host = await open_host(ctx, placement.host)
-    except KvmfleetError as error:
+        await _on_host(ctx, node, spec, host, placement, outcome, conds)
+    except TemporaryError as error:
         _host_unavailable(node, outcome, conds, placement.host, error)
-        return
+    except PermanentError as error:
+        if error.reason in ("HostKeyMismatch", "HostKeyMissing", "AuthenticationFailed"):
+            _host_unavailable(node, outcome, conds, placement.host, error)
+        else:
+            raise
+
+
+async def _on_host(  # noqa: PLR0917 - the pass's whole context
+    ctx: Context,
+    node: Resource,
+    spec: VirtualNodeSpec,
+    host: PlacedHost,
+    placement: Placement,
+    outcome: Outcome,
+    conds: dict[str, Condition],
+) -> None:
     guests = await host.guests()
     try:
         before = await ctx.blocking(guests.state, node.name)
@@ -289,11 +305,9 @@ async def _observe(
     )
     wanted_on = {RunStrategy.ALWAYS: True, RunStrategy.HALTED: False}.get(spec.run_strategy)
     transition = outcome.status.get("powerTransition")
-    if transition:
-        phase = "Stopping" if transition["action"] == "stop" else "Starting"
-    elif on:
+    if on:
         phase = "Running"
-    elif wanted_on:
+    elif wanted_on or (transition and transition["action"] == "reboot"):
         phase = "Starting"
     else:
         phase = "Stopped"
@@ -312,9 +326,10 @@ async def _observe(
             reconciling=False,
         )
     else:
-        _summarise(outcome, conds, ready=False, reason=phase, message=f"{phase} on {host.name}")
+        doing = f"{transition['action']} in progress" if transition else phase
+        _summarise(outcome, conds, ready=False, reason=phase, message=f"{doing} on {host.name}")
         outcome.requeue_after = requeue or 2.0
-        outcome.retry_message = f"waiting for the VM to be {phase.lower()}"
+        outcome.retry_message = f"waiting: {doing.lower()}"
 
 
 def _host_unavailable(

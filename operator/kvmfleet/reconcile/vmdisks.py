@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from kvmfleet.domain.devicenames import target_devs
 from kvmfleet.domain.specs import DiskSpec, KvmHostSpec, VirtualNodeSpec
 from kvmfleet.domain.storage_urls import DiskLocation, DiskSourceType, disk_location
-from kvmfleet.errors import InvalidSpecError, KvmfleetError
+from kvmfleet.errors import InvalidSpecError, KvmfleetError, TemporaryError
 from kvmfleet.reconcile.hostaccess import PlacedHost
 from kvmfleet.ssh import facts, hostcmds
 
@@ -55,6 +55,8 @@ async def ensure(
     for disk, where, dev in zip(spec.disks, report.locations, targets, strict=True):
         try:
             entry = await _ensure_one(host, disk, where, report, vm if running else None, dev)
+        except TemporaryError:
+            raise  # the host stopped answering: the whole pass stops, nothing is concluded
         except KvmfleetError as error:
             report.problems.append(f"disk {disk.name}: {error.message}")
             continue
