@@ -14,9 +14,9 @@ import pytest
 
 from support import testbed as testbed_support
 from support.cluster import Kubectl, OperatorProcess, cluster_env
+from support.testbed import RUN_DIR
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_DIR = Path(os.environ.get("KVMFLEET_RUN_DIR", REPO / ".run"))
 
 
 @pytest.fixture(scope="session")
@@ -82,8 +82,25 @@ def _fresh_log(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def testbed() -> Iterator[dict[str, Any]]:
-    """The hypervisor testbed's hosts.json; brought up when it is not (and down again then)."""
-    doc, started = testbed_support.ensure_up()
+    """The hypervisor testbed's hosts.json (hack/testbed.sh): started if `status` fails.
+
+    Torn down at the end only if nothing of it was running before (status exit 3) and
+    KVMFLEET_KEEP_TESTBED is unset; a testbed that was (partly) up is repaired and kept.
+    KVMFLEET_TESTBED_UP_ARGS adds options to `up`, e.g. "--kvm-hosts 2". When it cannot
+    be brought up the tests that need it FAIL (they do not skip), unless
+    KVMFLEET_NO_TESTBED=1 is set: then they are skipped.
+    """
+    if os.environ.get("KVMFLEET_NO_TESTBED") == "1":
+        pytest.skip("KVMFLEET_NO_TESTBED=1: tests against the hypervisor testbed are disabled")
+    try:
+        doc, started = testbed_support.ensure_up()
+    except (AssertionError, OSError, ValueError, subprocess.TimeoutExpired) as error:
+        raise pytest.fail.Exception(
+            f"the hypervisor testbed is not up and could not be brought up:\n{error}\n"
+            "Start it with `bash hack/testbed.sh up`, or set KVMFLEET_NO_TESTBED=1 to skip "
+            "these tests.",
+            pytrace=False,
+        ) from None
     yield doc
     if started and not os.environ.get("KVMFLEET_KEEP_TESTBED"):
         testbed_support.run_testbed("down", check=False)

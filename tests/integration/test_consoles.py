@@ -22,7 +22,6 @@ when a test fails (fixtures, plus a sweep of the run's prefix at the end). Traff
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -38,7 +37,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from kvmfleet.virt.connection import LibvirtConnection, LibvirtTarget, open_connection
+from kvmfleet.virt.connection import LibvirtConnection, open_connection
 from kvmfleet.virt.console import (
     ESCAPE,
     BridgeEnd,
@@ -52,12 +51,9 @@ from kvmfleet.virt.console import (
 from kvmfleet.virt.errors import LibvirtNotFoundError, OperationInvalidError
 from kvmfleet.virt.guest import Guests
 from support.cluster import Kubectl
+from support.testbed import libvirt_target, on_host
 from support.vnc import vnc_login
 
-REPO = Path(__file__).resolve().parents[2]
-RUN_DIR = Path(os.environ.get("KVMFLEET_RUN_DIR", REPO / ".run"))
-TESTBED_SH = REPO / "hack" / "testbed.sh"
-HOSTS_JSON = RUN_DIR / "testbed" / "hosts.json"
 KUBECTL_KVM = Path(sys.executable).with_name("kubectl-kvm")
 
 RUN = secrets.token_hex(2)
@@ -70,46 +66,19 @@ on_testbed = pytest.mark.testbed
 # ------------------------------------------------------------------ the testbed
 
 
-def run_testbed(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(TESTBED_SH), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
-def kvmhost1() -> dict[str, Any]:
-    """kvmhost1 of hosts.json; FAILS when the testbed is not up (KVMFLEET_NO_TESTBED=1 skips)."""
-    if os.environ.get("KVMFLEET_NO_TESTBED") == "1":
-        pytest.skip("KVMFLEET_NO_TESTBED=1: tests against the hypervisor testbed are disabled")
-    status = run_testbed("status")
-    if status.returncode != 0 or not HOSTS_JSON.exists():
-        pytest.fail(
-            f"the hypervisor testbed is not up (hack/testbed.sh status exited "
-            f"{status.returncode}):\n{status.stdout}{status.stderr}\nStart it with "
-            "`bash hack/testbed.sh up`, or set KVMFLEET_NO_TESTBED=1 to skip these tests.",
-            pytrace=False,
-        )
-    doc = json.loads(HOSTS_JSON.read_text())
-    host: dict[str, Any] = next(h for h in doc["hosts"] if h["name"] == "kvmhost1")
-    host["pxe"] = doc["pxe"]
+def kvmhost1(testbed: dict[str, Any]) -> dict[str, Any]:
+    """kvmhost1 of hosts.json, with the testbed's "pxe" (the session fixture ``testbed``
+    brings the testbed up; it FAILS when it cannot, KVMFLEET_NO_TESTBED=1 skips)."""
+    host = dict(next(h for h in testbed["hosts"] if h["name"] == "kvmhost1"))
+    host["pxe"] = testbed["pxe"]  # on a copy: the session's hosts.json stays as it is
     return host
 
 
 @pytest.fixture(scope="module")
 def connection(kvmhost1: dict[str, Any]) -> Iterator[LibvirtConnection]:
     """kvmfleet's own libvirt connection to kvmhost1 (qemu+ssh, host key pinned)."""
-    target = LibvirtTarget.for_host(
-        kvmhost1["address"],
-        Path(kvmhost1["privateKeyPath"]).read_bytes(),
-        kvmhost1["hostKey"],
-        port=kvmhost1["port"],
-        user=kvmhost1["user"],
-    )
-    with open_connection(target) as conn:
+    with open_connection(libvirt_target(kvmhost1)) as conn:
         yield conn
         sweep(conn)
 
@@ -138,8 +107,7 @@ def guests(connection: LibvirtConnection) -> Guests:
 def nic_xml(host: dict[str, Any], mac: str) -> str:
     """A virtio NIC on the management LAN: the bridge over eth0 if the host has one (the
     KvmHost reconciler makes br0; it is reused, never removed), else macvtap on eth0."""
-    link = run_testbed("exec", host["name"], "--", "ip", "-o", "link", "show", "dev", "eth0")
-    assert link.returncode == 0, link.stderr
+    link = on_host(host["name"], "ip", "-o", "link", "show", "dev", "eth0")
     master = re.search(r" master (\S+) ", link.stdout)
     if master:
         source = f"<interface type='bridge'><source bridge='{master.group(1)}'/>"

@@ -1,15 +1,14 @@
 """The SSH adapter against the real hypervisor testbed (hack/testbed.sh).
 
 Each test talks to the hosts of ``.run/testbed/hosts.json`` through kvmfleet.ssh only;
-what happened on a host is checked independently with ``hack/testbed.sh exec``. When
-the testbed is not up the tests FAIL (start it with ``bash hack/testbed.sh up``), unless
-``KVMFLEET_NO_TESTBED=1`` is set: then they are skipped.
+what happened on a host is checked independently with ``hack/testbed.sh exec``. The
+testbed comes from the session fixture ``testbed`` (tests/integration/conftest.py): brought
+up when it is not; when that fails the tests FAIL, unless ``KVMFLEET_NO_TESTBED=1`` is set:
+then they are skipped.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import time
 import uuid
@@ -31,11 +30,7 @@ from kvmfleet.ssh.errors import (
 )
 from kvmfleet.ssh.hostkeys import HostKeyCheck, fingerprint
 from kvmfleet.ssh.session import SshCredentials, SshOptions, SshPool, SshSession, SshTarget
-
-REPO = Path(__file__).resolve().parents[2]
-RUN_DIR = Path(os.environ.get("KVMFLEET_RUN_DIR", REPO / ".run"))
-TESTBED_SH = REPO / "hack" / "testbed.sh"
-HOSTS_JSON = RUN_DIR / "testbed" / "hosts.json"
+from support.testbed import current_virtualization, on_host, other_host, run_testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(300)]
 
@@ -43,44 +38,17 @@ Host = dict[str, Any]
 OPTIONS = SshOptions(connect_timeout=5, banner_timeout=10, auth_timeout=10)
 
 
-def run_testbed(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(TESTBED_SH), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def exists_on(host: Host, path: str) -> bool:
     """Whether ``path`` exists on the host, asked through the testbed (not through SSH)."""
-    result = run_testbed("exec", host["name"], "--", "test", "-e", path)
+    result = on_host(host["name"], "test", "-e", path, check=False)
     assert result.returncode in (0, 1), f"testbed exec failed: {result.stderr}"
     return result.returncode == 0
 
 
 @pytest.fixture(scope="module")
-def testbed() -> dict[str, Any]:
-    """hosts.json of the running testbed; FAILS (does not skip) when it is not up."""
-    if os.environ.get("KVMFLEET_NO_TESTBED") == "1":
-        pytest.skip("KVMFLEET_NO_TESTBED=1: tests against the hypervisor testbed are disabled")
-    status = run_testbed("status")
-    if status.returncode != 0 or not HOSTS_JSON.exists():
-        pytest.fail(
-            f"the hypervisor testbed is not up (hack/testbed.sh status exited "
-            f"{status.returncode}):\n{status.stdout}{status.stderr}\n"
-            "Start it with `bash hack/testbed.sh up`, or set KVMFLEET_NO_TESTBED=1 to skip "
-            "these tests.",
-            pytrace=False,
-        )
-    doc: dict[str, Any] = json.loads(HOSTS_JSON.read_text())
-    assert len(doc["hosts"]) >= 2, "the SSH adapter tests need two hosts"
-    return doc
-
-
-@pytest.fixture(scope="module")
 def hosts(testbed: dict[str, Any]) -> list[Host]:
+    """The testbed's hosts (every test here goes through this fixture)."""
+    assert len(testbed["hosts"]) >= 2, "the SSH adapter tests need two hosts"
     return list(testbed["hosts"])
 
 
@@ -95,16 +63,6 @@ def target(host: Host) -> SshTarget:
 
 def strict(host: Host) -> HostKeyCheck:
     return HostKeyCheck.strict(host["hostKey"])
-
-
-def current_virtualization(host: Host) -> str:
-    """The host's virtualization as hosts.json says now (other runs may recreate hosts)."""
-    doc = json.loads(HOSTS_JSON.read_text())
-    return str(next(h for h in doc["hosts"] if h["name"] == host["name"])["virtualization"])
-
-
-def other(hosts: list[Host], host: Host) -> Host:
-    return next(h for h in hosts if h["name"] != host["name"])
 
 
 @pytest.fixture
@@ -142,7 +100,7 @@ def test_metacharacters_reach_the_host_literally(hosts: list[Host], session: Ssh
 
 def test_a_wrong_host_key_executes_nothing(hosts: list[Host], credentials: SshCredentials) -> None:
     host = hosts[0]
-    wrong = other(hosts, host)["hostKey"]  # a real key, of another host
+    wrong = other_host(hosts, host)["hostKey"]  # a real key, of another host
     marker = f"/tmp/marker-{uuid.uuid4().hex}"
     wrong_check = HostKeyCheck.strict(wrong)
     with (
@@ -185,7 +143,7 @@ def test_trust_on_first_use_records_then_refuses_another_key(
     ) as s:
         assert s.run(["true"], timeout=30).ok
     # Another key on record (the host "changed"): refused before authentication.
-    different = other(hosts, host)["hostKey"]
+    different = other_host(hosts, host)["hostKey"]
     with pytest.raises(HostKeyMismatchError):
         SshSession(target(host), credentials, HostKeyCheck.trust_on_first_use(different), OPTIONS)
 
@@ -202,7 +160,7 @@ def test_a_refused_key_is_an_authentication_error(hosts: list[Host], tmp_path: P
 
 def test_stopped_sshd_is_unreachable(hosts: list[Host], credentials: SshCredentials) -> None:
     host = next((h for h in hosts if h["name"] == "kvmhost2"), hosts[-1])
-    stopped = run_testbed("sshd-stop", host["name"])
+    stopped = run_testbed("sshd-stop", host["name"], check=False)
     assert stopped.returncode == 0, stopped.stderr
     try:
         started = time.monotonic()
@@ -212,7 +170,7 @@ def test_stopped_sshd_is_unreachable(hosts: list[Host], credentials: SshCredenti
         assert "ECONNREFUSED" in caught.value.message
         assert time.monotonic() - started < 5
     finally:
-        restarted = run_testbed("sshd-start", host["name"])
+        restarted = run_testbed("sshd-start", host["name"], check=False)
     assert restarted.returncode == 0, restarted.stderr
     deadline = time.monotonic() + 30
     while True:

@@ -2,7 +2,8 @@
 
 Every check goes through the interfaces the operator uses: SSH with strict host key
 checking, libvirt over qemu+ssh / qemu+libssh, QEMU's own NFS client, and DHCP + iPXE +
-HTTP from the management namespace to a diskless VM.
+HTTP from the management namespace to a diskless VM. The testbed comes from the session
+fixture ``testbed`` (tests/integration/conftest.py), which brings it up when it is not.
 """
 
 from __future__ import annotations
@@ -11,64 +12,21 @@ import json
 import os
 import re
 import secrets
-import shlex
 import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-RUN_DIR = Path(os.environ.get("KVMFLEET_RUN_DIR", REPO / ".run"))
-TESTBED_SH = REPO / "hack" / "testbed.sh"
-HOSTS_JSON = RUN_DIR / "testbed" / "hosts.json"
+from support.testbed import HOSTS_JSON, RUN_DIR, run_testbed
 
 # A fresh machine installs libvirt, QEMU and nfs-ganesha first: allow for it.
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(1800)]
 
 Host = dict[str, Any]
-
-
-def run_testbed(
-    *args: str, check: bool = True, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["bash", str(TESTBED_SH), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(
-            f"hack/testbed.sh {' '.join(args)} exited {result.returncode}\n"
-            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-        )
-    return result
-
-
-@pytest.fixture(scope="session")
-def testbed() -> Iterator[dict[str, Any]]:
-    """The running testbed (hosts.json): started if `status` fails.
-
-    Torn down at the end only if nothing of it was running before (status exit 3) and
-    KVMFLEET_KEEP_TESTBED is unset; a testbed that was (partly) up is repaired and kept.
-    KVMFLEET_TESTBED_UP_ARGS adds options to `up`, e.g. "--kvm-hosts 2".
-    """
-    status = run_testbed("status", check=False)
-    started_here = status.returncode == 3
-    if status.returncode != 0:
-        run_testbed(
-            "up", *shlex.split(os.environ.get("KVMFLEET_TESTBED_UP_ARGS", "")), timeout=1500
-        )
-    doc: dict[str, Any] = json.loads(HOSTS_JSON.read_text())
-    yield doc
-    if started_here and not os.environ.get("KVMFLEET_KEEP_TESTBED"):
-        run_testbed("down", check=False)
 
 
 # ------------------------------------------------------------------ helpers

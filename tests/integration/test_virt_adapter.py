@@ -2,15 +2,13 @@
 
 Connections go through kvmfleet.virt only (qemu+ssh with the host key pinned, and
 qemu+libssh); what happened on a host is checked independently with ``hack/testbed.sh
-exec``. When the testbed is not up the tests FAIL (start it with ``bash hack/testbed.sh
-up``), unless ``KVMFLEET_NO_TESTBED=1`` is set: then they are skipped.
+exec``. The testbed comes from the session fixture ``testbed``
+(tests/integration/conftest.py): brought up when it is not; when that fails the tests FAIL,
+unless ``KVMFLEET_NO_TESTBED=1`` is set: then they are skipped.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,15 +18,11 @@ from typing import Any
 import pytest
 
 from kvmfleet.errors import NotFoundError, PermanentError
-from kvmfleet.virt.connection import LibvirtConnection, LibvirtPool, LibvirtTarget, open_connection
+from kvmfleet.virt.connection import LibvirtConnection, LibvirtPool, open_connection
 from kvmfleet.virt.errors import LibvirtHostKeyError, OperationInvalidError
 from kvmfleet.virt.guest import Guests, PowerState
 from kvmfleet.virt.host import Host, NfsMountUnsupportedError
-
-REPO = Path(__file__).resolve().parents[2]
-RUN_DIR = Path(os.environ.get("KVMFLEET_RUN_DIR", REPO / ".run"))
-TESTBED_SH = REPO / "hack" / "testbed.sh"
-HOSTS_JSON = RUN_DIR / "testbed" / "hosts.json"
+from support.testbed import current_virtualization, libvirt_target, on_host, other_host
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(300)]
 
@@ -36,62 +30,11 @@ TestbedHost = dict[str, Any]
 XMLNS = "https://kvmfleet.io/xmlns/domain/1.0"
 
 
-def run_testbed(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(TESTBED_SH), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def on_host(host: TestbedHost, *argv: str) -> subprocess.CompletedProcess[str]:
-    """Run a command on the host through the testbed (not through the adapter)."""
-    return run_testbed("exec", host["name"], "--", *argv)
-
-
-@pytest.fixture(scope="module")
-def testbed() -> dict[str, Any]:
-    """hosts.json of the running testbed; FAILS (does not skip) when it is not up."""
-    if os.environ.get("KVMFLEET_NO_TESTBED") == "1":
-        pytest.skip("KVMFLEET_NO_TESTBED=1: tests against the hypervisor testbed are disabled")
-    status = run_testbed("status")
-    if status.returncode != 0 or not HOSTS_JSON.exists():
-        pytest.fail(
-            f"the hypervisor testbed is not up (hack/testbed.sh status exited "
-            f"{status.returncode}):\n{status.stdout}{status.stderr}\n"
-            "Start it with `bash hack/testbed.sh up`, or set KVMFLEET_NO_TESTBED=1 to skip "
-            "these tests.",
-            pytrace=False,
-        )
-    doc: dict[str, Any] = json.loads(HOSTS_JSON.read_text())
-    assert len(doc["hosts"]) >= 2, "the libvirt adapter tests need two hosts"
-    return doc
-
-
 @pytest.fixture(scope="module")
 def hosts(testbed: dict[str, Any]) -> list[TestbedHost]:
+    """The testbed's hosts (every test here goes through this fixture)."""
+    assert len(testbed["hosts"]) >= 2, "the libvirt adapter tests need two hosts"
     return list(testbed["hosts"])
-
-
-def key_of(host: TestbedHost) -> bytes:
-    return Path(host["privateKeyPath"]).read_bytes()
-
-
-def target(host: TestbedHost, host_key: str | None = None, uri: str | None = None) -> LibvirtTarget:
-    return LibvirtTarget.for_host(
-        host["address"],
-        key_of(host),
-        host_key or host["hostKey"],
-        port=host["port"],
-        user=host["user"],
-        libvirt_uri=uri,
-    )
-
-
-def other(hosts: list[TestbedHost], host: TestbedHost) -> TestbedHost:
-    return next(h for h in hosts if h["name"] != host["name"])
 
 
 @pytest.fixture
@@ -108,17 +51,11 @@ def pool() -> Iterator[LibvirtPool]:
     libvirt_pool.close_all()
 
 
-def current_virtualization(host: TestbedHost) -> str:
-    """The host's virtualization as hosts.json says now (other runs may recreate hosts)."""
-    doc = json.loads(HOSTS_JSON.read_text())
-    return str(next(h for h in doc["hosts"] if h["name"] == host["name"])["virtualization"])
-
-
 def test_facts_of_each_host_with_the_key_pinned(
     hosts: list[TestbedHost], runtime_dir: Path
 ) -> None:
     for host in hosts:
-        with open_connection(target(host), runtime_dir=runtime_dir) as connection:
+        with open_connection(libvirt_target(host), runtime_dir=runtime_dir) as connection:
             assert connection.is_alive()
             facts = Host(connection).facts()
         assert facts.hostname == host["name"]
@@ -137,26 +74,26 @@ def test_a_wrong_host_key_is_refused(
     hosts: list[TestbedHost], runtime_dir: Path, scheme: str
 ) -> None:
     host = hosts[0]
-    wrong = other(hosts, host)["hostKey"]  # a real key, of another host
+    wrong = other_host(hosts, host)["hostKey"]  # a real key, of another host
     uri = f"{scheme}://{host['user']}@{host['address']}:{host['port']}/system"
     with pytest.raises(LibvirtHostKeyError) as caught:
-        open_connection(target(host, host_key=wrong, uri=uri), runtime_dir=runtime_dir)
+        open_connection(libvirt_target(host, host_key=wrong, uri=uri), runtime_dir=runtime_dir)
     assert isinstance(caught.value, PermanentError)
     assert caught.value.reason == "HostKeyMismatch"
     assert list(runtime_dir.iterdir()) == []
     # The right key on the same transport connects: the refusal above is the key's.
     # (Only a small call: Debian's libvirt 9.0 libssh transport stalls ~30 s on every
     # reply above a few KB, e.g. the capabilities; see docs/security.md.)
-    with open_connection(target(host, uri=uri), runtime_dir=runtime_dir) as connection:
+    with open_connection(libvirt_target(host, uri=uri), runtime_dir=runtime_dir) as connection:
         assert connection.conn.getHostname() == host["name"]
 
 
 def test_the_pool_reuses_and_reopens(hosts: list[TestbedHost], pool: LibvirtPool) -> None:
     host = hosts[0]
-    first = pool.connection(target(host))
-    assert pool.connection(target(host)) is first
+    first = pool.connection(libvirt_target(host))
+    assert pool.connection(libvirt_target(host)) is first
     first.conn.close()  # the connection dies under the pool
-    second = pool.connection(target(host))
+    second = pool.connection(libvirt_target(host))
     assert second is not first and second.is_alive()
     assert Host(second).facts().hostname == host["name"]
 
@@ -165,14 +102,14 @@ def test_dir_pool_is_idempotent(hosts: list[TestbedHost], pool: LibvirtPool) -> 
     host = hosts[1]
     name = f"kvmfleet-test-{uuid.uuid4().hex[:8]}"
     path = f"/var/lib/kvmfleet/test-pools/{name}"
-    libvirt_host = Host(pool.connection(target(host)))
+    libvirt_host = Host(pool.connection(libvirt_target(host)))
     try:
         first = libvirt_host.ensure_dir_pool(name, path)
         second = libvirt_host.ensure_dir_pool(name, path)
         assert first.path == second.path == path
         assert second.active and second.capacity_bytes > 0
         assert 0 < second.available_bytes <= second.capacity_bytes
-        assert on_host(host, "test", "-d", path).returncode == 0
+        assert on_host(host["name"], "test", "-d", path, check=False).returncode == 0
         summary = next(p for p in libvirt_host.list_pools() if p.name == name)
         assert (summary.type, summary.active, summary.autostart) == ("dir", True, True)
         libvirt_host.refresh_pool(name)
@@ -181,8 +118,8 @@ def test_dir_pool_is_idempotent(hosts: list[TestbedHost], pool: LibvirtPool) -> 
         assert libvirt_host.delete_pool(name) in (True, False)
     assert libvirt_host.delete_pool(name) is False
     assert name not in {p.name for p in libvirt_host.list_pools()}
-    assert on_host(host, "test", "-d", path).returncode == 0  # the data stays
-    on_host(host, "rmdir", path)
+    assert on_host(host["name"], "test", "-d", path, check=False).returncode == 0  # the data stays
+    on_host(host["name"], "rmdir", path, check=False)
 
 
 def test_netfs_pool_reports_whether_the_host_can_mount_nfs(
@@ -191,7 +128,7 @@ def test_netfs_pool_reports_whether_the_host_can_mount_nfs(
     host = hosts[0]
     nfs = testbed["nfs"]
     name = f"kvmfleet-test-nfs-{uuid.uuid4().hex[:8]}"
-    libvirt_host = Host(pool.connection(target(host)))
+    libvirt_host = Host(pool.connection(libvirt_target(host)))
     try:
         info = libvirt_host.ensure_netfs_pool(
             name, nfs["server"], nfs["export"], f"/var/lib/kvmfleet/test-pools/{name}"
@@ -230,7 +167,7 @@ def libvirt_host(
     request: pytest.FixtureRequest, hosts: list[TestbedHost], pool: LibvirtPool
 ) -> LibvirtConnection:
     host = hosts[0] if request.param == "first" else hosts[1]
-    return pool.connection(target(host))
+    return pool.connection(libvirt_target(host))
 
 
 def test_domain_lifecycle(libvirt_host: LibvirtConnection) -> None:

@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from kvmfleet.virt.connection import LibvirtTarget
+
 REPO = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("KVMFLEET_RUN_DIR", REPO / ".run"))
 TESTBED_SH = REPO / "hack" / "testbed.sh"
@@ -35,13 +37,19 @@ def run_testbed(
 
 
 def ensure_up() -> tuple[dict[str, Any], bool]:
-    """The testbed's hosts.json, starting it when `status` fails; (doc, started from nothing)."""
+    """The testbed's hosts.json, starting it when `status` fails; (doc, started from nothing).
+
+    KVMFLEET_TESTBED_UP_ARGS adds options to `up`, e.g. "--kvm-hosts 2". Raises
+    AssertionError (with what `up` printed) when the testbed cannot be brought up.
+    """
     status = run_testbed("status", check=False)
     started = status.returncode == 3
     if status.returncode != 0:
         run_testbed(
             "up", *shlex.split(os.environ.get("KVMFLEET_TESTBED_UP_ARGS", "")), timeout=1500
         )
+    if not HOSTS_JSON.exists():
+        raise AssertionError(f"the testbed is up but {HOSTS_JSON} is missing")
     doc: dict[str, Any] = json.loads(HOSTS_JSON.read_text())
     return doc, started
 
@@ -49,6 +57,31 @@ def ensure_up() -> tuple[dict[str, Any], bool]:
 def on_host(host: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run argv inside a testbed host's namespaces (not through the operator's SSH path)."""
     return run_testbed("exec", host, "--", *argv, check=check)
+
+
+def current_virtualization(host: dict[str, Any]) -> str:
+    """The host's virtualization as hosts.json says now (other runs may recreate hosts)."""
+    doc = json.loads(HOSTS_JSON.read_text())
+    return str(next(h for h in doc["hosts"] if h["name"] == host["name"])["virtualization"])
+
+
+def other_host(hosts: list[dict[str, Any]], host: dict[str, Any]) -> dict[str, Any]:
+    """A testbed host that is not ``host``."""
+    return next(h for h in hosts if h["name"] != host["name"])
+
+
+def libvirt_target(
+    host: dict[str, Any], host_key: str | None = None, uri: str | None = None
+) -> LibvirtTarget:
+    """kvmfleet's libvirt target for a testbed host: its key, its host key pinned (or host_key)."""
+    return LibvirtTarget.for_host(
+        host["address"],
+        Path(host["privateKeyPath"]).read_bytes(),
+        host_key or host["hostKey"],
+        port=host["port"],
+        user=host["user"],
+        libvirt_uri=uri,
+    )
 
 
 def host_manifests(doc: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
