@@ -21,7 +21,7 @@ ensure_venv
 VENV="${REPO}/.venv"
 
 say "ruff"
-"${VENV}/bin/ruff" check operator tests
+"${VENV}/bin/ruff" check .
 say "mypy --strict"
 "${VENV}/bin/mypy" --strict operator/kvmfleet
 say "import-linter (layering)"
