@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
 from kvmfleet.reconcile.context import Context
+from kvmfleet.ssh.errors import HostUnreachableError
 from kvmfleet.ssh.hostkeys import HostKeyCheck
+from kvmfleet.ssh.reachability import check_banner
 from kvmfleet.ssh.session import CommandResult, SshCredentials, SshSession, SshTarget
 from kvmfleet.virt.connection import LibvirtConnection, LibvirtTarget
 
@@ -67,6 +69,12 @@ async def connect(
     key = await ctx.blocking(ctx.kube.read_secret_value, ref.namespace, ref.name, ref.key)
     credentials = SshCredentials(key)
     target = SshTarget(spec.address, spec.port, spec.user)
+    try:
+        await ctx.blocking(check_banner, target, ctx.settings.ssh_connect_timeout)
+    except HostUnreachableError:
+        # Pooled sessions may outlive sshd; drop them so nothing stale is used later.
+        await ctx.blocking(ctx.ssh.invalidate, target)
+        raise
     check = host_key_check(spec, recorded_host_key)
     session = await ctx.blocking(ctx.ssh.session, target, credentials, check)
     return HostSession(ctx, name, spec, credentials, session)
