@@ -37,7 +37,13 @@ def test_valid_virtualnode_gets_observed_generation_and_conditions(
             "apiVersion": "kvmfleet.io/v1alpha1",
             "kind": "VirtualNode",
             "metadata": {"name": "kvm1", "namespace": namespace},
-            "spec": {"cpus": 2, "memory": "1Gi", "nics": [{"bridge": "br0"}]},
+            "spec": {
+                "cpus": 2,
+                "memory": "1Gi",
+                "nics": [{"bridge": "br0"}],
+                "runStrategy": "Halted",
+                "shutdownGracePeriodSeconds": 0,
+            },
         }
     )
     obj = cluster.wait_for(observed, "vn", "kvm1", "-n", namespace, timeout=60)
@@ -61,7 +67,7 @@ def test_valid_virtualnode_gets_observed_generation_and_conditions(
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
 
     # Deletion completes: the operator removes its finalizer.
-    cluster.run("delete", "vn", "kvm1", "-n", namespace, "--timeout=60s")
+    cluster.run("delete", "vn", "kvm1", "-n", namespace, "--timeout=90s", timeout=120)
     assert cluster.run("get", "vn", "kvm1", "-n", namespace, check=False).returncode != 0
 
 

@@ -72,3 +72,15 @@ def test_status_patch_bumps_observed_generation_only() -> None:
 def test_unknown_status_string_reads_as_unknown() -> None:
     [c] = cond.parse_conditions([{"type": "Ready", "status": "Maybe"}])
     assert c.status is cond.Status.UNKNOWN
+
+
+def test_only_own_label_changes_are_recognised() -> None:
+    from kvmfleet.handlers.common import only_own_labels
+
+    label = ("add", ("metadata", "labels", "kvmfleet.io/host"), None, "kvmhost1")
+    annotation = ("add", ("metadata", "annotations", "kvmfleet.io/start-requested-at"), None, "t")
+    spec = ("change", ("spec", "cpus"), 1, 2)
+    assert only_own_labels([label])
+    assert not only_own_labels([label, spec])
+    assert not only_own_labels([annotation])
+    assert not only_own_labels([])

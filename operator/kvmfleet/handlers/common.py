@@ -50,12 +50,20 @@ async def run(
         outcome, result = outcome_for_error(error), "temporary"
     finally:
         metrics.RECONCILE_DURATION.labels(kind).observe(time.monotonic() - started)
-    metrics.RECONCILE_TOTAL.labels(kind, result).inc()
+    if outcome.conditions or outcome.status or outcome.events or result != "success":
+        metrics.RECONCILE_TOTAL.labels(kind, result).inc()  # not the timer ticks that did nothing
     apply(kind, body, patch, outcome, logger)
     if outcome.requeue_after is not None:
         raise kopf.TemporaryError(
             outcome.retry_message or "still reconciling", delay=outcome.requeue_after
         )
+
+
+def only_own_labels(diff: Any) -> bool:
+    """True when a change touches nothing but metadata.labels (the operator's own host label
+    is written while placing a VM: reacting to it would redo a whole pass for nothing)."""
+    items = list(diff or ())
+    return bool(items) and all(tuple(item[1])[:2] == ("metadata", "labels") for item in items)
 
 
 def apply(

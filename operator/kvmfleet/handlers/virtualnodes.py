@@ -20,9 +20,16 @@ RESOURCE = (GROUP, VERSION, "virtualnodes")
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
 async def reconcile(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    diff: kopf.Diff,
+    **_: Any,
 ) -> None:
     """Bring the VM to its spec: schedule, make disks, define, power."""
+    if common.only_own_labels(diff):
+        return
     ctx: Context = memo["ctx"]
     resource = Resource.from_body(body)
     await common.run(KIND, body, patch, logger, lambda: virtualnodes.reconcile(ctx, resource))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kvmfleet import metrics
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
+from kvmfleet.errors import KvmfleetError
 from kvmfleet.reconcile.context import Context
 from kvmfleet.ssh.errors import HostUnreachableError
 from kvmfleet.ssh.hostkeys import HostKeyCheck
@@ -34,9 +36,15 @@ class HostSession:
     ) -> CommandResult:
         """Run one argument list on the host (quoted once by the SSH adapter)."""
         limit = self.ctx.settings.ssh_command_timeout if limit is None else limit
-        return await self.ctx.blocking(
-            self.session.run, argv, timeout=limit, input=input, check=check
-        )
+        try:
+            result = await self.ctx.blocking(
+                self.session.run, argv, timeout=limit, input=input, check=check
+            )
+        except KvmfleetError:
+            metrics.SSH_COMMANDS.labels(self.name, "error").inc()
+            raise
+        metrics.SSH_COMMANDS.labels(self.name, "success" if result.ok else "failed").inc()
+        return result
 
     def libvirt_target(self) -> LibvirtTarget:
         """libvirt over SSH with the host key this session verified."""
