@@ -82,7 +82,7 @@ def test_hosts_reach_ready_with_true_capabilities(
         ):
             assert condition(obj, type_)["status"] == "True", (type_, obj["status"])
         assert obj["status"]["hostKeyFingerprint"].startswith("SHA256:")
-        assert obj["status"]["allocatable"]["cpus"] == nproc * 4  # default overcommit cpu: 4
+        assert obj["status"]["allocatable"]["cpus"] == nproc * 16  # overcommit cpu: 16
         line = next(line for line in table.splitlines() if line.startswith(name))
         assert "True" in line.split() and host_by_name(testbed, name)["address"] in line
 

@@ -120,6 +120,8 @@ def kvmhost(host: dict[str, Any], doc: dict[str, Any], **spec: Any) -> dict[str,
             {"name": "local", "url": "dir:///var/lib/kvmfleet/images"},
         ],
         "nfsAccess": "Direct",
+        # Two cores per test host: room for the 50-VM placement test (default cpu: 4).
+        "overcommit": {"cpu": 16, "memory": 1},
     }
     body.update(spec)
     return {
