@@ -84,3 +84,34 @@ def test_only_own_label_changes_are_recognised() -> None:
     assert not only_own_labels([label, spec])
     assert not only_own_labels([annotation])
     assert not only_own_labels([])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-02T03:04:05Z", T0),
+        ("2026-01-02T03:04:05z", T0),
+        ("2026-01-02T04:04:05+01:00", T0),
+        ("2026-01-02T03:04:05.250000Z", T0.replace(microsecond=250000)),
+        ("yesterday", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_one_rfc3339_parser_reads_status_and_annotations(text: object, expected: object) -> None:
+    assert cond.parse_rfc3339(text) == expected
+    if isinstance(text, str) and expected is not None:
+        assert cond.parse_rfc3339(cond.rfc3339(cond.parse_rfc3339(text))) == T0  # type: ignore[arg-type]
+
+
+def test_allocation_counts_placed_and_pinned_vms() -> None:
+    from kvmfleet.reconcile.hosts import allocated_on
+
+    nodes = [
+        {"spec": {"cpus": 2, "memory": "1Gi"}, "status": {"host": "h1"}},
+        {"spec": {"cpus": 1, "memory": "512Mi", "hostRef": "h1"}},
+        {"spec": {"cpus": 4, "memory": "bad"}, "status": {"host": "h1"}},
+        {"spec": {"cpus": 8, "memory": "8Gi"}, "status": {"host": "h2"}},
+    ]
+    used = allocated_on("h1", nodes)
+    assert (used.cpus, used.memory_mib) == (7, 1536)

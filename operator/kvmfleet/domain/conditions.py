@@ -86,6 +86,21 @@ def rfc3339(now: datetime) -> str:
     return now.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_rfc3339(value: object) -> datetime | None:
+    """An RFC 3339 time (``Z``/``z`` or an offset) as an aware datetime; None if absent/invalid.
+
+    The one parser for the times kvmfleet reads: status fields it wrote with rfc3339(),
+    and the action annotations users write (often with fractional seconds).
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def parse_conditions(raw: Iterable[Mapping[str, Any]] | None) -> list[Condition]:
     """status.conditions as Condition objects (missing -> empty)."""
     return [Condition.from_dict(item) for item in (raw or []) if item.get("type")]
@@ -140,6 +155,7 @@ _ORDER = (READY, RECONCILING, STALLED)
 
 def sort_conditions(conditions: Iterable[Condition]) -> list[Condition]:
     """Ready, Reconciling and Stalled first, then the others by name."""
+
     def key(c: Condition) -> tuple[int, str]:
         return (_ORDER.index(c.type) if c.type in _ORDER else len(_ORDER), c.type)
 
@@ -187,6 +203,7 @@ def to_dicts(conditions: Iterable[Condition]) -> list[dict[str, Any]]:
 
 def changed(old: Sequence[Condition], new: Sequence[Condition]) -> bool:
     """Whether writing `new` would change anything a reader sees."""
+
     def key(items: Sequence[Condition]) -> list[tuple[str, str, str, str, int | None]]:
         return sorted(
             (c.type, str(c.status), c.reason, c.message, c.observed_generation) for c in items

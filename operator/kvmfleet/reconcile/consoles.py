@@ -35,6 +35,7 @@ from enum import StrEnum
 from typing import Any
 
 from kvmfleet.domain import conditions as cond
+from kvmfleet.domain.conditions import parse_rfc3339 as parse_time
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
 from kvmfleet.kube.objects import KubeObjects
@@ -157,17 +158,6 @@ class Action(StrEnum):
     def status_key(self) -> str:
         """Its key in ``status.lastActions``."""
         return "consoleCredentials" if self is Action.CONSOLE_CREDENTIALS else self.value
-
-
-def parse_time(value: object) -> datetime | None:
-    """An RFC 3339 time (``Z`` or an offset) as an aware datetime; None if absent/invalid."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def next_request_time(now: datetime, *earlier: datetime | None) -> datetime:

@@ -19,7 +19,6 @@ from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
 from kvmfleet.domain.allocation import Resources, allocatable
 from kvmfleet.domain.conditions import Condition, Status
-from kvmfleet.domain.quantities import bytes_to_mib, parse_bytes
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError
 from kvmfleet.reconcile import hostnetwork, hoststorage
@@ -27,6 +26,7 @@ from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostsession import HostSession, connect
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
+from kvmfleet.reconcile.vmplacement import requests_of
 from kvmfleet.ssh import facts, hostcmds
 from kvmfleet.ssh.errors import (
     AuthenticationError,
@@ -365,18 +365,12 @@ async def _allocation(
 
 def allocated_on(host: str, nodes: Sequence[Mapping[str, Any]]) -> Resources:
     """CPUs and memory of the VirtualNodes placed (or pinned) on `host`."""
-    cpus = memory_mib = 0
+    total = Resources(0, 0)
     for node in nodes:
-        spec = node.get("spec") or {}
-        where = (node.get("status") or {}).get("host") or spec.get("hostRef")
-        if where != host:
-            continue
-        cpus += int(spec.get("cpus", 1))
-        try:
-            memory_mib += bytes_to_mib(parse_bytes(spec.get("memory", "1Gi")))
-        except KvmfleetError:
-            continue
-    return Resources(cpus, memory_mib)
+        where = (node.get("status") or {}).get("host") or (node.get("spec") or {}).get("hostRef")
+        if where == host:
+            total += requests_of(node)
+    return total
 
 
 def _unknown_rest(conds: dict[str, Condition], why: str, include_reach: bool = False) -> None:
@@ -415,16 +409,9 @@ def _finish(ctx: Context, host: Resource, outcome: Outcome) -> None:
     ctx.last_probe[host.name] = (time.monotonic(), ready)
     # Write lastProbeTime on the first probe of this operator process, with other changes,
     # or as a heartbeat: a steady host costs no status write per probe.
-    last = host.status.get("lastProbeTime")
-    stale = True
-    if isinstance(last, str):
-        try:
-            seen = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-            stale = (
-                now - seen
-            ).total_seconds() > HEARTBEAT_FACTOR * ctx.settings.host_probe_interval
-        except ValueError:
-            stale = True
+    seen = cond.parse_rfc3339(host.status.get("lastProbeTime"))
+    heartbeat = HEARTBEAT_FACTOR * ctx.settings.host_probe_interval
+    stale = seen is None or (now - seen).total_seconds() > heartbeat
     changes = {k: v for k, v in outcome.status.items() if host.status.get(k) != v}
     conds_changed = cond.changed(
         list(old.values()),

@@ -17,7 +17,7 @@ from typing import Any
 
 from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
-from kvmfleet.domain.conditions import Condition, Status
+from kvmfleet.domain.conditions import Condition, Status, parse_rfc3339
 from kvmfleet.domain.power import Call, Transition, plan_power
 from kvmfleet.domain.specs import RunStrategy, VirtualNodeSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
@@ -58,22 +58,11 @@ class _Pass:
     conds: dict[str, Condition]
 
 
-def parse_time(value: object) -> datetime | None:
-    """An RFC 3339 time (as the annotations and status hold them), None if it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def requests_of(annotations: Mapping[str, str]) -> dict[str, datetime]:
     """The action annotations present, by action."""
     result = {}
     for action, word in ACTION_ANNOTATIONS.items():
-        when = parse_time(annotations.get(ANNOTATION.format(word)))
+        when = parse_rfc3339(annotations.get(ANNOTATION.format(word)))
         if when is not None:
             result[action] = when
     return result
@@ -212,7 +201,7 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
     now = datetime.now(UTC).replace(microsecond=0)
     requests = requests_of(node.annotations)
     acted_raw = dict(node.status.get("lastActions") or {})
-    acted = {k: t for k, v in acted_raw.items() if (t := parse_time(v)) is not None}
+    acted = {k: t for k, v in acted_raw.items() if (t := parse_rfc3339(v)) is not None}
     rotate = "consoleCredentials" in requests and (
         "consoleCredentials" not in acted
         or requests["consoleCredentials"] > acted["consoleCredentials"]
@@ -240,7 +229,7 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
         outcome.note("ConsoleCredentials", "new VNC password set (getrvidparms)")
 
     transition_raw = node.status.get("powerTransition") or {}
-    started_at = parse_time(transition_raw.get("startedAt"))
+    started_at = parse_rfc3339(transition_raw.get("startedAt"))
     transition = Transition(str(transition_raw.get("action")), started_at) if started_at else None
     plan = plan_power(
         strategy=spec.run_strategy,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kvmfleet.domain.conditions import rfc3339
+from kvmfleet.domain.conditions import parse_rfc3339, rfc3339
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.resource import Resource
 
@@ -36,15 +36,6 @@ def new_password() -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(8))
 
 
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
 def owner_reference(node: Resource) -> dict[str, Any]:
     """The ownerReference that makes a Secret go with its VirtualNode."""
     return {
@@ -63,7 +54,7 @@ async def ensure_credentials(ctx: Context, node: Resource, *, rotate: bool) -> V
     name = secret_name(node.name)
     now = datetime.now(UTC).replace(microsecond=0)
     vnc = ((node.status.get("console") or {}).get("vnc")) or {}
-    expires = _parse_time(vnc.get("expiresAt"))
+    expires = parse_rfc3339(vnc.get("expiresAt"))
     current = await ctx.blocking(ctx.kube.read_secret, node.namespace, name)
     password = (current or {}).get(PASSWORD_KEY, b"").decode(errors="replace")
     margin = timedelta(minutes=5)

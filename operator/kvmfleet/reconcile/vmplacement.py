@@ -37,7 +37,8 @@ class UnschedulableError(KvmfleetError):
     reason = "Unschedulable"
 
 
-def _requests(node: Mapping[str, Any]) -> Resources:
+def requests_of(node: Mapping[str, Any]) -> Resources:
+    """The CPUs and memory (MiB) a VirtualNode object asks for (unreadable memory: 0)."""
     spec = node.get("spec") or {}
     try:
         memory = bytes_to_mib(parse_bytes(spec.get("memory", "1Gi")))
@@ -101,7 +102,7 @@ async def ensure_placed(ctx: Context, node: Resource, spec: VirtualNodeSpec) -> 
             {"bridge": nic.bridge, "model": str(nic.model), "mac": mac}
             for nic, mac in zip(spec.nics, macs, strict=True)
         ]
-        ctx.reservations[node.uid] = (host, _requests({"spec": dict(node.spec)}), set(macs))
+        ctx.reservations[node.uid] = (host, requests_of({"spec": dict(node.spec)}), set(macs))
         assert node.namespace is not None
         await ctx.blocking(
             ctx.kube.patch_status,
@@ -128,7 +129,7 @@ async def _choose(
         if uid == node.uid or not where:
             continue
         seen.add(uid)
-        used[where] = used.get(where, Resources(0, 0)) + _requests(other)
+        used[where] = used.get(where, Resources(0, 0)) + requests_of(other)
     for uid, (where, resources, _) in ctx.reservations.items():
         if uid != node.uid and uid not in seen:
             used[where] = used.get(where, Resources(0, 0)) + resources

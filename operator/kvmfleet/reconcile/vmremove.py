@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kvmfleet.domain import conditions as cond
+from kvmfleet.domain.conditions import parse_rfc3339
 from kvmfleet.domain.specs import ReclaimPolicy, VirtualNodeSpec
 from kvmfleet.domain.storage_urls import parse_storage_url
 from kvmfleet.errors import KvmfleetError, NotFoundError
@@ -23,15 +24,6 @@ from kvmfleet.ssh import hostcmds, nfsdirect
 from kvmfleet.virt.guest import PowerState
 
 
-def _time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
 async def remove(ctx: Context, node: Resource) -> Outcome:
     """One pass of the deletion; requeues until done or given up."""
     outcome = Outcome()
@@ -40,7 +32,7 @@ async def remove(ctx: Context, node: Resource) -> Outcome:
         return outcome  # nothing was ever made on a host
     now = datetime.now(UTC).replace(microsecond=0)
     deletion = dict(node.status.get("deletion") or {})
-    started = _time(deletion.get("startedAt")) or now
+    started = parse_rfc3339(deletion.get("startedAt")) or now
     deletion["startedAt"] = cond.rfc3339(started)
     outcome.status["phase"] = "Terminating"
     try:
@@ -59,7 +51,7 @@ async def remove(ctx: Context, node: Resource) -> Outcome:
 
     grace = _grace(node)
     if state in (PowerState.ON, PowerState.PAUSED):
-        shutdown_at = _time(deletion.get("shutdownAt"))
+        shutdown_at = parse_rfc3339(deletion.get("shutdownAt"))
         if grace > 0 and shutdown_at is None:
             await ctx.blocking(guests.shutdown, node.name)
             deletion["shutdownAt"] = cond.rfc3339(now)
