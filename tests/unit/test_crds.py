@@ -239,6 +239,7 @@ PRINTER_COLUMNS = {
         ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
         ("Virtualization", "string", ".status.capabilities.virtualization"),
         ("VMs", "integer", ".status.domainCount"),
+        ("Guest CPU", "string", ".status.guestCpu.default"),
         ("CPU", "string", ".status.cpuSummary"),
         ("Memory", "string", ".status.memorySummary"),
         ("Age", "date", ".metadata.creationTimestamp"),

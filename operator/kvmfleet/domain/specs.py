@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from kvmfleet.domain import devicenames
+from kvmfleet.domain.guestcpu import CpuSpec
 from kvmfleet.domain.macs import normalize_mac
 from kvmfleet.domain.quantities import GIB, bytes_to_kib, bytes_to_mib, parse_bytes
 from kvmfleet.domain.storage_urls import NfsAccess, StorageKind, StorageURL, parse_storage_url
@@ -159,6 +160,15 @@ def _mapping(p: _Problems, value: object, path: str) -> Mapping[str, object]:
         p.add(path, f"must be an object, not {type(value).__name__}")
         return {}
     return value
+
+
+def _cpu(p: _Problems, value: object, path: str) -> CpuSpec:
+    raw = _mapping(p, value, path)
+    try:
+        return CpuSpec.from_dict(raw)
+    except InvalidSpecError as error:
+        p.messages.append(error.message)
+        return CpuSpec()
 
 
 def _items(p: _Problems, data: Mapping[str, object], key: str, path: str) -> list[object]:
@@ -390,6 +400,7 @@ class VirtualNodeSpec:
 
     host_ref: str | None = None
     cpus: int = 1
+    cpu: CpuSpec = field(default_factory=CpuSpec)
     memory_bytes: int = GIB
     nics: tuple[NicSpec, ...] = ()
     disks: tuple[DiskSpec, ...] = ()
@@ -440,6 +451,7 @@ class VirtualNodeSpec:
         spec = cls(
             host_ref=_optional(p, data, "hostRef", path, validate_dns1123_subdomain),
             cpus=_int(p, data, "cpus", path, 1, minimum=1, maximum=MAX_CPUS),
+            cpu=_cpu(p, data.get("cpu"), f"{path}.cpu"),
             memory_bytes=_memory(p, data, path),
             nics=tuple(
                 NicSpec._parse(p, item, f"{path}.nics[{i}]")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kvmfleet.domain.guestcpu import HostCpu
 from kvmfleet.domain.specs import KvmHostSpec
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostsession import HostSession, connect
@@ -25,6 +26,11 @@ class PlacedHost:
         """libvirt domain type: kvm where the probe found KVM, qemu (TCG) otherwise."""
         caps = self.status.get("capabilities") or {}
         return "kvm" if caps.get("virtualization") == "kvm" else "qemu"
+
+    @property
+    def guest_cpu(self) -> HostCpu | None:
+        """The CPU configurations the host's probe proved to start (or not), if recorded."""
+        return HostCpu.from_status(self.status.get("guestCpu"))
 
     async def guests(self) -> Guests:
         """Domain operations on this host."""

@@ -20,8 +20,8 @@ from kvmfleet.domain import conditions as cond
 from kvmfleet.domain.allocation import Resources, allocatable
 from kvmfleet.domain.conditions import Condition, Status
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
-from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError
-from kvmfleet.reconcile import hostnetwork, hoststorage
+from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
+from kvmfleet.reconcile import hostcpu, hostnetwork, hoststorage
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostsession import HostSession, connect
 from kvmfleet.reconcile.outcome import Outcome
@@ -170,6 +170,8 @@ async def _converge(ctx: Context, host: Resource, spec: KvmHostSpec, outcome: Ou
     hw = await _hardware(session)
     host_facts = await _libvirt(session, conds)
     _virtualization(conds, hw, host_facts)
+    if host_facts is not None:
+        await _guest_cpu(session, host, host_facts, conds, outcome)
     if host_facts is not None and hw.memory_mib:
         host_facts = replace(host_facts, memory_mib=hw.memory_mib)
     if host_facts is not None:
@@ -323,6 +325,55 @@ def _virtualization(
             Status.TRUE,
             "Emulated",
             f"VMs run under TCG emulation (slow): {why} ({flag})",
+        )
+
+
+async def _guest_cpu(
+    session: HostSession,
+    host: Resource,
+    host_facts: HostFacts,
+    conds: dict[str, Condition],
+    outcome: Outcome,
+) -> None:
+    """Prove which guest CPU configurations start (see hostcpu); correct the KVM verdict."""
+    kvm = conds[VIRTUALIZATION_CAPABLE].reason == "KVM"
+    try:
+        host_cpu, fresh = await hostcpu.ensure(
+            session, host.status.get("guestCpu"), host_facts, kvm=kvm
+        )
+    except TemporaryError:
+        return  # libvirt went away mid-trial: nothing is concluded, the next probe retries
+    outcome.status["guestCpu"] = host_cpu.to_status()
+    works = [t.choice.label for t in host_cpu.trials if t.works]
+    fails = [t for t in host_cpu.trials if not t.works]
+    if fresh:
+        failed = "; ".join(f"{t.choice.label}: {t.message}" for t in fails) or "none"
+        outcome.note(
+            "GuestCpuProbed",
+            f"trial guests start with: {', '.join(works) or 'none'}; fail: {failed}",
+        )
+    best = host_cpu.preferred
+    if kvm and best is None:
+        why = fails[0].message if fails else "no trial"
+        conds[VIRTUALIZATION_CAPABLE] = Condition(
+            VIRTUALIZATION_CAPABLE,
+            Status.TRUE,
+            "Emulated",
+            f"KVM is present but no trial guest starts under it ({why}); "
+            "VMs run under TCG emulation (slow)",
+        )
+    elif kvm and best is not None:
+        old = conds[VIRTUALIZATION_CAPABLE]
+        conds[VIRTUALIZATION_CAPABLE] = replace(
+            old, message=f"{old.message}; a KVM guest starts with CPU {best.label}"
+        )
+    elif not works:
+        why = fails[0].message if fails else "no trial"
+        conds[VIRTUALIZATION_CAPABLE] = Condition(
+            VIRTUALIZATION_CAPABLE,
+            Status.FALSE,
+            "GuestsDoNotStart",
+            f"a trial guest does not start under TCG emulation: {why}",
         )
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from kvmfleet.domain.domainxml.build import build_domain_xml
 from kvmfleet.domain.domainxml.parse import LiveDomainInfo, parse_domain
+from kvmfleet.domain.guestcpu import resolve
 from kvmfleet.domain.specs import VirtualNodeSpec
 from kvmfleet.domain.storage_urls import DiskLocation
 from kvmfleet.errors import NotFoundError, PermanentError
@@ -27,9 +28,15 @@ class DefineResult:
     live: LiveDomainInfo
 
 
-def _shape(info: LiveDomainInfo) -> tuple[object, ...]:
-    """What a change of needs a redefinition (and, while running, a restart)."""
+def _shape(info: LiveDomainInfo, wanted_cpu: str | None) -> tuple[object, ...]:
+    """What a change of needs a redefinition (and, while running, a restart).
+
+    The CPU choice is read from kvmfleet's metadata; a domain defined before it was
+    recorded there counts as having the wanted one (it is updated with the next change).
+    """
+    recorded_cpu = info.node.cpu if info.node is not None else None
     return (
+        recorded_cpu or wanted_cpu,
         info.vcpus,
         info.memory_kib,
         tuple((n.mac, n.bridge, n.model) for n in info.nics),
@@ -50,6 +57,7 @@ async def ensure_defined(  # noqa: PLR0917 - what a definition is made of
     assert node.namespace is not None
     guests = await host.guests()
     ctx = host.session.ctx
+    cpu = resolve(spec.cpu, host.guest_cpu, kvm=host.virt_type == "kvm", host_name=host.name)
     xml = build_domain_xml(
         spec,
         name=node.name,
@@ -62,6 +70,7 @@ async def ensure_defined(  # noqa: PLR0917 - what a definition is made of
         vnc_valid_to=vnc[1] if vnc else None,
         uuid=node.uid,
         generation=node.generation,
+        cpu=cpu,
     )
     wanted = parse_domain(xml)
     defined_now = redefined = False
@@ -75,13 +84,13 @@ async def ensure_defined(  # noqa: PLR0917 - what a definition is made of
     if current is None:
         await ctx.blocking(guests.define, xml)
         defined_now = True
-    elif _shape(current) != _shape(wanted):
+    elif _shape(current, cpu.label) != _shape(wanted, None):
         await ctx.blocking(guests.define, xml)
         redefined = True
     state = await ctx.blocking(guests.state, node.name)
     live = parse_domain(await ctx.blocking(guests.xml, node.name, True))
     running = state in (PowerState.ON, PowerState.PAUSED)
-    restart = running and _shape(live) != _shape(wanted)
+    restart = running and _shape(live, cpu.label) != _shape(wanted, None)
     return DefineResult(node.uid, defined_now, redefined, restart, state, live)
 
 

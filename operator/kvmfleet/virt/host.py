@@ -8,7 +8,9 @@ blocks: callers run them in a thread.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
@@ -23,13 +25,33 @@ from kvmfleet.domain.validation import (
 from kvmfleet.errors import PermanentError
 from kvmfleet.virt.connection import LibvirtConnection
 from kvmfleet.virt.errors import (
+    LibvirtErrorDetails,
     LibvirtNotFoundError,
     LibvirtPermanentError,
+    LibvirtUnavailableError,
     classify,
     error_details,
     libvirt_errors,
 )
 from kvmfleet.virt.guest import DomainSummary, summarize
+
+
+@dataclass(frozen=True)
+class StartTrial:
+    """Whether a trial guest started and stayed up; why not, in QEMU's or libvirt's words."""
+
+    started: bool
+    message: str
+
+
+def _qemu_message(message: str, limit: int = 300) -> str:
+    """The useful part of a failed start's message (QEMU's own words), bounded."""
+    for marker in ("process exited while connecting to monitor: ", "internal error: "):
+        _, found, tail = message.partition(marker)
+        if found and tail.strip():
+            message = tail.strip()
+            break
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def format_version(number: int) -> str:
@@ -195,6 +217,41 @@ class Host:
             code, _, _ = error_details(error)
             return bool(code == libvirt.VIR_ERR_NO_SUPPORT)
         return True
+
+    def trial_start(self, xml: str, settle_seconds: float) -> StartTrial:
+        """Start a transient domain, watch it for ``settle_seconds``, then destroy it.
+
+        For the KvmHost probe's CPU trials: a configuration QEMU refuses, or a guest that
+        stops on its own within the settle time, is a definitive "does not start" with
+        libvirt's message. Only a lost connection raises (the answer is unknown then).
+        """
+        try:
+            domain = self._conn.createXML(xml, 0)
+        except libvirt.libvirtError as error:
+            failure = classify(error, self._context("start a trial guest"))
+            if isinstance(failure, LibvirtUnavailableError):
+                raise failure from error
+            assert isinstance(failure, LibvirtErrorDetails)
+            return StartTrial(False, _qemu_message(failure.libvirt_message))
+        try:
+            deadline = time.monotonic() + settle_seconds
+            while True:
+                state, reason = domain.state()
+                if state != libvirt.VIR_DOMAIN_RUNNING:
+                    return StartTrial(
+                        False, f"the guest stopped right after starting ({state}/{reason})"
+                    )
+                if time.monotonic() >= deadline:
+                    return StartTrial(True, "")
+                time.sleep(0.1)
+        except libvirt.libvirtError as error:
+            failure = classify(error, self._context("watch a trial guest"))
+            if isinstance(failure, LibvirtNotFoundError):
+                return StartTrial(False, "QEMU exited right after starting")
+            raise failure from error
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                domain.destroy()
 
     def list_domains(self) -> list[DomainSummary]:
         """Every domain on the host (running or not), sorted by name."""

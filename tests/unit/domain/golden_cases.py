@@ -8,6 +8,7 @@ from typing import Any
 
 from kvmfleet.domain.domainxml.build import build_domain_xml
 from kvmfleet.domain.domainxml.disk import DiskIdentity
+from kvmfleet.domain.guestcpu import HOST_MODEL, HostCpu, Trial, resolve
 from kvmfleet.domain.specs import VirtualNodeSpec
 from kvmfleet.domain.storage_urls import NfsAccess, disk_location, parse_storage_url
 
@@ -15,6 +16,8 @@ UID = "0b5d5a32-8e4c-4d8a-9a53-2f1d3e0c6a11"
 UUID = "6f1c9c1e-4f4e-4a43-9a43-0c3f7c5e7d11"
 VALID_TO = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 DEFAULT_POOL = parse_storage_url("dir:///var/lib/libvirt/images")
+KVM_HOST_CPU = HostCpu("kvm; test", (Trial(HOST_MODEL, works=True),))
+"""The KVM host of these cases: its trial guest started with host-model."""
 """Where disks without ``storage`` go in these cases (the host's first pool)."""
 
 
@@ -49,8 +52,11 @@ class Case:
             "vnc_valid_to": VALID_TO,
             **self.options,
         }
+        kvm = self.virt_type == "kvm"
+        cpu = resolve(spec.cpu, KVM_HOST_CPU if kvm else None, kvm=kvm, host_name="kvmhost1")
         return build_domain_xml(
             spec,
+            cpu=cpu,
             name=self.name,
             uid=UID,
             namespace="default",
@@ -132,6 +138,8 @@ CASES: dict[str, Case] = {
         }
     ),
     "vnc-off": Case(spec={**XCAT_KVM1.spec, "vnc": {"enabled": False}}),
+    "cpu-named-model": Case(spec={**XCAT_KVM1.spec, "cpu": {"mode": "custom", "model": "kvm64"}}),
+    "cpu-hypervisor-default": Case(spec={**XCAT_KVM1.spec, "cpu": {"mode": "hypervisor-default"}}),
     "buses-and-serial": Case(
         spec={
             "cpus": 2,

@@ -16,6 +16,7 @@ from kvmfleet.domain.domainxml.graphics import VncGraphics, format_valid_to
 from kvmfleet.domain.domainxml.interface import BridgeInterface
 from kvmfleet.domain.domainxml.metadata import XMLNS, DiskMetadata, NodeMetadata
 from kvmfleet.domain.domainxml.serial import SerialConsole
+from kvmfleet.domain.guestcpu import HYPERVISOR_DEFAULT
 from kvmfleet.domain.specs import VirtualNodeSpec
 from kvmfleet.domain.storage_urls import NfsAccess, disk_location, parse_storage_url
 from kvmfleet.errors import InvalidSpecError
@@ -228,7 +229,8 @@ def test_build_domain_name_and_normalization() -> None:
     assert config.metadata is not None and config.metadata.name == "kvm1"
     assert config.interfaces[0].mac == "52:54:00:aa:bb:cc"
     assert config.uuid == "6f1c9c1e-4f4e-4a43-9a43-0c3f7c5e7d11"
-    assert config.cpu_mode is None
+    assert config.cpu == HYPERVISOR_DEFAULT  # nothing asked for: no <cpu> element
+    assert "<cpu" not in config.to_xml()
 
 
 def test_vnc_password_ignored_when_vnc_is_off() -> None:

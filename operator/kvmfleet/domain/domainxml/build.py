@@ -3,8 +3,10 @@
 :func:`build_domain_xml` is a pure function of its arguments: the same inputs give the
 same XML byte for byte. Choices made here (and nowhere in the device classes):
 
-* CPU: ``host-model`` under kvm; nothing under qemu (TCG), where libvirt's default
-  emulated model is the one that works.
+* CPU: the concrete choice given (``cpu``, resolved beforehand by
+  :func:`kvmfleet.domain.guestcpu.resolve` from ``spec.cpu`` and what the host proved),
+  also recorded in kvmfleet's metadata so a change can be told from libvirt's expansion
+  of ``host-model`` in a running domain's XML.
 * Boot order from ``spec.bootOrder`` (default network, then hd), xCAT's ``netboot=pxe``.
 * Disks: each disk's :class:`~kvmfleet.domain.storage_urls.DiskLocation` picks a file,
   NFS network or block disk; the target dev comes from the disk's name and bus
@@ -35,6 +37,7 @@ from kvmfleet.domain.domainxml.graphics import DEFAULT_VNC_LISTEN, VncGraphics
 from kvmfleet.domain.domainxml.interface import BridgeInterface
 from kvmfleet.domain.domainxml.metadata import DiskMetadata, NodeMetadata
 from kvmfleet.domain.domainxml.serial import SerialConsole
+from kvmfleet.domain.guestcpu import HYPERVISOR_DEFAULT, CpuChoice
 from kvmfleet.domain.macs import normalize_mac
 from kvmfleet.domain.specs import DiskBus, DiskSpec, VirtualNodeSpec
 from kvmfleet.domain.storage_urls import DiskLocation, DiskSourceType
@@ -48,7 +51,6 @@ from kvmfleet.domain.validation import (
     validate_uuid,
 )
 
-KVM_CPU_MODE = "host-model"
 _TOKEN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -70,6 +72,7 @@ def build_domain_xml(
     arch: str | None = None,
     machine: str | None = None,
     nfs_identity: DiskIdentity | None = DEFAULT_NFS_IDENTITY,
+    cpu: CpuChoice = HYPERVISOR_DEFAULT,
 ) -> str:
     """The domain XML of a VirtualNode; see :func:`build_domain_config` for the arguments."""
     return build_domain_config(
@@ -89,6 +92,7 @@ def build_domain_xml(
         arch=arch,
         machine=machine,
         nfs_identity=nfs_identity,
+        cpu=cpu,
     ).to_xml()
 
 
@@ -110,6 +114,7 @@ def build_domain_config(
     arch: str | None = None,
     machine: str | None = None,
     nfs_identity: DiskIdentity | None = DEFAULT_NFS_IDENTITY,
+    cpu: CpuChoice = HYPERVISOR_DEFAULT,
 ) -> DomainConfig:
     """The domain of a VirtualNode as a :class:`DomainConfig` object.
 
@@ -120,7 +125,8 @@ def build_domain_config(
     console password and its expiry (aware datetime), ignored when VNC is off.
     ``uuid``: the domain UUID, or None to let libvirt choose. ``arch``/``machine``: from
     the host's capabilities, or None for libvirt's defaults. ``nfs_identity``: the
-    ``<identity>`` of NFS network disks, None for none.
+    ``<identity>`` of NFS network disks, None for none. ``cpu``: the guest CPU
+    configuration (QEMU's default model unless given).
     Raises InvalidSpecError for invalid names and ValueError for inconsistent inputs.
     """
     kind = VirtType(virt_type)
@@ -139,6 +145,7 @@ def build_domain_config(
         generation=generation,
         serial_port=spec.serial.port,
         serial_speed=spec.serial.speed,
+        cpu=cpu.label,
         disks=tuple(
             DiskMetadata(disk.name, target)
             for disk, target in zip(spec.disks, targets, strict=True)
@@ -154,7 +161,7 @@ def build_domain_config(
         arch=None if arch is None else _token(arch, "arch"),
         machine=None if machine is None else _token(machine, "machine"),
         boot=tuple(device.value for device in spec.boot_order),
-        cpu_mode=KVM_CPU_MODE if kind is VirtType.KVM else None,
+        cpu=cpu,
         disks=tuple(
             _disk(disk, location, target, nfs_identity)
             for disk, location, target in zip(spec.disks, disks, targets, strict=True)
@@ -207,3 +214,28 @@ def _token(value: str, field: str) -> str:
     if not _TOKEN.fullmatch(value):
         fail(field, f"{value!r} must be letters, digits, '_', '.' or '-'")
     return value
+
+
+TRIAL_PREFIX = "kvmfleet-cpu-trial-"
+"""Names of the KvmHost probe's throwaway guests."""
+
+TRIAL_MEMORY_KIB = 64 * 1024
+
+
+def build_trial_xml(
+    cpu: CpuChoice, *, virt_type: VirtType | str, suffix: str, arch: str | None = None
+) -> str:
+    """A throwaway guest for the KvmHost probe: 1 vCPU, 64 MiB, no disk, no NIC.
+
+    It only runs the firmware (which finds nothing to boot and waits), enough to show
+    whether QEMU starts the guest CPU ``cpu`` under ``virt_type``.
+    """
+    return DomainConfig(
+        virt_type=VirtType(virt_type),
+        name=validate_domain_name(TRIAL_PREFIX + _token(suffix, "suffix"), "trial name"),
+        memory_kib=TRIAL_MEMORY_KIB,
+        vcpus=1,
+        arch=None if arch is None else _token(arch, "arch"),
+        boot=("hd",),
+        cpu=cpu,
+    ).to_xml()

@@ -16,6 +16,7 @@ from kvmfleet.domain.domainxml.interface import BridgeInterface
 from kvmfleet.domain.domainxml.metadata import NodeMetadata
 from kvmfleet.domain.domainxml.serial import SerialConsole
 from kvmfleet.domain.domainxml.xmlutil import child, element, to_xml
+from kvmfleet.domain.guestcpu import HYPERVISOR_DEFAULT, CpuChoice, CpuMode
 
 
 class VirtType(StrEnum):
@@ -52,8 +53,9 @@ class Controller:
 class DomainConfig:
     """A whole libvirt domain definition.
 
-    ``cpu_mode`` None writes no ``<cpu>`` element (libvirt's default CPU model, right for
-    TCG); ``boot`` lists libvirt boot devices (``network``, ``hd``, ``cdrom``) in order.
+    ``cpu`` is the guest CPU configuration (see guestcpu.py): ``hypervisor-default``
+    writes no ``<cpu>`` element (QEMU's default model), ``custom`` names ``<model>``;
+    ``boot`` lists libvirt boot devices (``network``, ``hd``, ``cdrom``) in order.
     """
 
     virt_type: VirtType
@@ -65,7 +67,7 @@ class DomainConfig:
     arch: str | None = None
     machine: str | None = None
     boot: tuple[str, ...] = ("network", "hd")
-    cpu_mode: str | None = None
+    cpu: CpuChoice = HYPERVISOR_DEFAULT
     emulator: str | None = None
     disks: tuple[Disk, ...] = ()
     controllers: tuple[Controller, ...] = ()
@@ -91,8 +93,13 @@ class DomainConfig:
         features = child(domain, "features")
         child(features, "acpi")
         child(features, "apic")
-        if self.cpu_mode is not None:
-            child(domain, "cpu", {"mode": self.cpu_mode})
+        if self.cpu.mode is not CpuMode.HYPERVISOR_DEFAULT:
+            custom = self.cpu.model is not None
+            cpu = child(
+                domain, "cpu", {"mode": str(self.cpu.mode), "match": "exact" if custom else None}
+            )
+            if custom:
+                child(cpu, "model", {"fallback": "forbid"}, self.cpu.model)
         child(domain, "clock", {"offset": "utc"})
         child(domain, "on_poweroff", text=self.on_poweroff.value)
         child(domain, "on_reboot", text=self.on_reboot.value)

@@ -6,6 +6,7 @@ Written as::
       <kvmfleet:node xmlns:kvmfleet="https://kvmfleet.io/xmlns/domain/1.0"
                      uid="..." namespace="..." name="..." generation="3">
         <kvmfleet:serial port="0" speed="115200"/>
+        <kvmfleet:cpu choice="custom/kvm64"/>
         <kvmfleet:disk name="hda" target="vda"/>
       </kvmfleet:node>
     </metadata>
@@ -13,7 +14,9 @@ Written as::
 ``uid`` identifies the owner even after a rename or a re-creation with the same name;
 ``generation`` is the VirtualNode's ``metadata.generation`` the definition was built from;
 the serial speed is recorded here because libvirt has no place for it (see serial.py);
-the disk entries map each target back to the disk's name in the spec.
+the disk entries map each target back to the disk's name in the spec; the CPU choice
+(guestcpu.py) is recorded because libvirt expands ``host-model`` into a named model in a
+running domain's XML.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class NodeMetadata:
     serial_port: int | None = None
     serial_speed: int | None = None
     disks: tuple[DiskMetadata, ...] = ()
+    cpu: str | None = None
 
     def to_element(self) -> ET.Element:
         """The ``<metadata>`` element holding ``<kvmfleet:node>``."""
@@ -80,6 +84,8 @@ class NodeMetadata:
                     "speed": None if self.serial_speed is None else str(self.serial_speed),
                 },
             )
+        if self.cpu is not None:
+            child(node, f"{PREFIX}:cpu", {"choice": self.cpu})
         for disk in self.disks:
             child(node, f"{PREFIX}:disk", {"name": disk.name, "target": disk.target})
         return metadata
@@ -91,6 +97,7 @@ class NodeMetadata:
         if node is None:
             return None
         serial = node.find(_q("serial"))
+        cpu = node.find(_q("cpu"))
         return cls(
             uid=node.get("uid", ""),
             namespace=node.get("namespace", ""),
@@ -98,6 +105,7 @@ class NodeMetadata:
             generation=_int_or_none(node.get("generation")),
             serial_port=_int_or_none(None if serial is None else serial.get("port")),
             serial_speed=_int_or_none(None if serial is None else serial.get("speed")),
+            cpu=None if cpu is None else cpu.get("choice"),
             disks=tuple(
                 DiskMetadata(disk.get("name", ""), disk.get("target", ""))
                 for disk in node.findall(_q("disk"))
