@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
-from support.testbed import host_manifests, kvmhost, on_host, run_testbed
+from support.testbed import RUN_DIR, host_manifests, kvmhost, on_host, run_testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
 
@@ -85,6 +86,73 @@ def test_hosts_reach_ready_with_true_capabilities(
         assert obj["status"]["allocatable"]["cpus"] == nproc * 16  # overcommit cpu: 16
         line = next(line for line in table.splitlines() if line.startswith(name))
         assert "True" in line.split() and host_by_name(testbed, name)["address"] in line
+
+
+KVM_TRIALS = [
+    ("host-model", None),
+    ("host-passthrough", None),
+    ("custom", "kvm64"),
+    ("hypervisor-default", None),
+]
+
+
+def started_by_hand(host: str, mode: str, model: str | None, virt_type: str) -> bool:
+    """virsh create of a firmware-only guest with that <cpu>: did it start and keep running?"""
+    cpu = ""
+    if model:
+        cpu = f"<cpu mode='custom' match='exact'><model fallback='forbid'>{model}</model></cpu>"
+    elif mode != "hypervisor-default":
+        cpu = f"<cpu mode='{mode}'/>"
+    name = f"by-hand-{uuid.uuid4().hex[:8]}"
+    path = RUN_DIR / f"{name}.xml"
+    path.write_text(
+        f"<domain type='{virt_type}'><name>{name}</name><memory unit='MiB'>64</memory>"
+        f"<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>{cpu}"
+        "</domain>"
+    )
+    try:
+        virsh = ("virsh", "-c", "qemu:///system")
+        if on_host(host, *virsh, "create", str(path), check=False).returncode != 0:
+            return False
+        time.sleep(3)
+        state = on_host(host, *virsh, "domstate", name, check=False).stdout.strip()
+        on_host(host, *virsh, "destroy", name, check=False)
+        return state == "running"
+    finally:
+        path.unlink()
+
+
+def test_guest_cpu_trials_are_recorded_and_tell_the_truth(
+    cluster: Kubectl, hosts: list[str], testbed: dict[str, Any]
+) -> None:
+    """Each host proves which guest CPUs start; each verdict is checked again by hand."""
+    for name in hosts:
+        status = cluster.json("get", "kh", name)["status"]
+        guest_cpu = status["guestCpu"]
+        trials = [(t["mode"], t.get("model")) for t in guest_cpu["trials"]]
+        kvm = host_by_name(testbed, name)["virtualization"] == "kvm"
+        assert trials == (KVM_TRIALS if kvm else [("hypervisor-default", None)]), guest_cpu
+        for trial in guest_cpu["trials"]:
+            by_hand = started_by_hand(
+                name, trial["mode"], trial.get("model"), "kvm" if kvm else "qemu"
+            )
+            assert by_hand == trial["works"], (name, trial)
+            assert trial["works"] or trial["message"], trial
+        working = [t for t in guest_cpu["trials"] if t["works"]]
+        assert guest_cpu["working"] == [
+            f"{t['mode']}/{t['model']}" if t.get("model") else t["mode"] for t in working
+        ]
+        assert guest_cpu["default"] in guest_cpu["working"], guest_cpu
+        assert guest_cpu["default"] != "host-passthrough"
+        assert "qemuVersion" in status["capabilities"]
+        assert status["capabilities"]["qemuVersion"] in guest_cpu["probedFor"]
+        virt = condition(cluster.json("get", "kh", name), "VirtualizationCapable")
+        if kvm:
+            assert f"starts with CPU {guest_cpu['default']}" in virt["message"], virt
+        leftovers = on_host(name, "virsh", "-c", "qemu:///system", "list", "--all", "--name")
+        assert "kvmfleet-cpu-trial-" not in leftovers.stdout
+    wide = cluster.run("get", "kh", "-o", "wide").stdout
+    assert "GUEST CPU" in wide
 
 
 def test_bridge_is_made_on_the_host_and_reapplying_changes_nothing(

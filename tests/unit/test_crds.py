@@ -806,6 +806,7 @@ def test_defaults_of_an_empty_virtualnode() -> None:
     apply_defaults(manifest, schema_of("VirtualNode"))
     assert manifest["spec"] == {
         "cpus": 1,
+        "cpu": {"mode": "auto"},
         "memory": "1Gi",
         "nics": [],
         "disks": [],
@@ -882,6 +883,8 @@ CONTRACT = {
             "kopf",
             # Added for the printer columns (a list length or a ratio is not a JSONPath).
             "domainCount", "cpuSummary", "memorySummary",
+            # Which guest CPU configurations start a trial guest there.
+            "guestCpu",
         },
         "spec.sshKeySecretRef": {"name", "namespace", "key"},
         "spec.bridges[]": {"name", "interface"},
@@ -896,10 +899,12 @@ CONTRACT = {
         "status.bridges[]": {"name", "interface", "ready"},
         "status.storagePools[]": {"name", "url", "path", "capacityBytes", "availableBytes"},
         "status.domains[]": {"name", "state"},
+        "status.guestCpu": {"probedFor", "default", "working", "trials"},
+        "status.guestCpu.trials[]": {"mode", "model", "works", "message"},
     },
     "VirtualNode": {
         "spec": {
-            "hostRef", "cpus", "memory", "nics", "disks", "source", "bootOrder", "serial",
+            "hostRef", "cpus", "cpu", "memory", "nics", "disks", "source", "bootOrder", "serial",
             "vnc", "runStrategy", "reclaimPolicy", "shutdownGracePeriodSeconds", "os",
             "arch", "profile",
         },
@@ -913,6 +918,7 @@ CONTRACT = {
         "spec.source": {"vmMaster", "mode"},
         "spec.serial": {"port", "speed"},
         "spec.vnc": {"enabled"},
+        "spec.cpu": {"mode", "model"},
         "status.nics[]": {"bridge", "model", "mac"},
         "status.disks[]": {"name", "url", "path", "format", "virtualSizeBytes", "backingFile"},
         "status.console": {"serial", "vnc"},
@@ -944,6 +950,9 @@ ENUMS = {
     ("VirtualNode", "spec.source.mode"): ["Attached", "Detached"],
     ("VirtualNode", "spec.bootOrder[]"): ["network", "hd", "cdrom"],
     ("VirtualNode", "spec.runStrategy"): ["Always", "Halted", "Manual"],
+    ("VirtualNode", "spec.cpu.mode"): [
+        "auto", "host-model", "host-passthrough", "maximum", "custom", "hypervisor-default",
+    ],
     ("VirtualNode", "spec.reclaimPolicy"): ["Retain", "Delete"],
     ("VirtualNode", "status.phase"): [
         "Pending", "Scheduling", "Provisioning", "Stopped", "Starting", "Running",
