@@ -207,11 +207,35 @@ def load_hosts(names: list[str]) -> tuple[list[Host], dict[str, Any]]:
     return hosts, doc
 
 
+def ensure_tools() -> None:
+    """Install what the benchmark runs and compares against (virt-install, virsh, ssh...).
+
+    The `bench` rows of hack/lib/packages.tsv, installed with apt-get by hack/lib/deps.sh
+    when one of their commands is missing.
+    """
+    deps = ["bash", str(REPO / "hack" / "lib" / "deps.sh")]
+    check = subprocess.run(
+        [*deps, "preflight", "bench"], capture_output=True, text=True, check=False
+    )
+    if check.returncode == 0:
+        return
+    print(f"installing the benchmark's tools:\n{check.stderr.strip()}", file=sys.stderr)
+    install = subprocess.run(
+        [*deps, "install", "bench"], capture_output=True, text=True, check=False
+    )
+    check = subprocess.run(
+        [*deps, "preflight", "bench"], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        raise BenchError(
+            "could not install the benchmark's tools (hack/lib/deps.sh install bench):\n"
+            f"{install.stderr.strip()[-2000:]}\n{check.stderr.strip()}"
+        )
+
+
 def preflight(hosts_arg: list[str]) -> tuple[list[Host], dict[str, Any], str]:
     """Fail early and clearly when the testbed or a tool is missing; (hosts, doc, kubectl)."""
-    for tool in ("ssh", "virsh", "virt-install", "xargs", "bash", "curl"):
-        if subprocess.run(["which", tool], capture_output=True, check=False).returncode != 0:
-            raise BenchError(f"{tool} is not installed (apt-get install virtinst libvirt-clients)")
+    ensure_tools()
     tb = run_testbed("status", check=False, timeout=60)
     if tb.returncode != 0:
         raise BenchError(

@@ -28,6 +28,9 @@ ETCD_PEER_PORT="${KVMFLEET_ETCD_PEER_PORT:-23800}"
 KCM_PORT="${KVMFLEET_KCM_PORT:-10357}"
 KUBECONFIG_FILE="${STATE}/kubeconfig"
 
+# shellcheck source=hack/lib/deps.sh
+source "${REPO}/hack/lib/deps.sh"
+
 say() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -80,8 +83,9 @@ cmd_build() {
         return 0
     fi
     mkdir -p "${CACHE}"
-    apt_install golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev dpkg-dev \
-        curl openssl psmisc ca-certificates
+    local -a pkgs
+    mapfile -t pkgs < <(deps_packages cluster-build cluster)
+    apt_install "${pkgs[@]}"
     ensure_deb_src
     local src="${CACHE}/src"
     mkdir -p "${src}"
@@ -213,7 +217,9 @@ api_ready() {
 
 cmd_up() {
     cmd_build
-    apt_install etcd-server curl openssl psmisc
+    local -a pkgs
+    mapfile -t pkgs < <(deps_packages cluster)
+    apt_install "${pkgs[@]}"
     mkdir -p "${STATE}"
     make_pki
     write_kubeconfig "${KUBECONFIG_FILE}" admin "$(sed -n 1p "${STATE}/pki/tokens.csv" | cut -d, -f1)"

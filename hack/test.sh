@@ -16,9 +16,14 @@ say() { printf '[test] %s\n' "$*" >&2; }
 
 # shellcheck source=hack/lib/deps.sh
 source "${REPO}/hack/lib/deps.sh"
+# Every Debian package the tests, the control plane and the testbed use (hack/lib/packages.tsv),
+# then a check that each of their commands and devices is really there: a missing one fails
+# here, in seconds, naming its package.
 install_system_deps
 ensure_venv
 VENV="${REPO}/.venv"
+say "preflight"
+preflight
 
 say "ruff"
 "${VENV}/bin/ruff" check .

@@ -339,14 +339,11 @@ foreign_holders() {
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------- packages
-# Commands the testbed needs, and the Debian package that brings each.
-readonly -a TB_PACKAGES=(
-    libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
-    qemu-system-x86 qemu-utils qemu-block-extra ipxe-qemu
-    openssh-server openssh-client
-    nfs-ganesha nfs-ganesha-vfs rpcbind
-    dnsmasq-base busybox-static iproute2 cpio util-linux procps kmod python3
-)
+# The Debian packages the testbed needs: the `testbed` rows of hack/lib/packages.tsv.
+# shellcheck source=hack/lib/deps.sh
+source "${TB_REPO}/hack/lib/deps.sh"
+mapfile -t TB_PACKAGES < <(deps_packages testbed)
+readonly -a TB_PACKAGES
 
 pkg_installed() {
     [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == installed ]]
