@@ -99,7 +99,9 @@ host_mounts() {
     in_ns "${holder}" mount --bind "${dir}/etc-libvirt" /etc/libvirt
     in_ns "${holder}" mount --bind "${dir}/etc-ssh" /etc/ssh
     bind_etc "${holder}" "$(host_name "${i}")"
-    if [[ "${kvm}" != yes && -e /dev/kvm ]]; then
+    if [[ "${kvm}" == yes ]]; then
+        host_kvm_device "${holder}"
+    elif [[ -e /dev/kvm ]]; then
         # KVM hidden: /dev/kvm becomes a mode 000 character device without a driver
         # (0:0). QEMU's user cannot open it, so QEMU and libvirt's own "is KVM usable"
         # check agree that only TCG is possible. (/dev/null would pass libvirt's
@@ -108,6 +110,38 @@ host_mounts() {
         in_ns "${holder}" mknod -m 0000 /run/kvmfleet/kvm-hidden c 0 0
         in_ns "${holder}" mount --bind /run/kvmfleet/kvm-hidden /dev/kvm
     fi
+}
+
+# kvm_group_ready : group kvm exists and QEMU's user is in it, as on a Debian host where
+# udev created the group and libvirt-daemon-system's postinst added libvirt-qemu to it. (A
+# machine without udev may have neither.)
+kvm_group_ready() {
+    getent group kvm >/dev/null || groupadd --system kvm || die "could not create group kvm"
+    [[ "${QEMU_USER}" == root ]] && return 0
+    id -u "${QEMU_USER}" >/dev/null 2>&1 \
+        || die "user ${QEMU_USER} does not exist (is libvirt-daemon-system installed?)"
+    if ! id -nG "${QEMU_USER}" | tr ' ' '\n' | grep -qx kvm; then
+        usermod -a -G kvm "${QEMU_USER}" || die "could not add ${QEMU_USER} to group kvm"
+        info "added ${QEMU_USER} to group kvm (QEMU opens /dev/kvm through it)"
+    fi
+}
+
+# host_kvm_device HOLDER : /dev/kvm inside HOLDER's mount namespace as udev makes it on a
+# real Debian host (root:kvm, 0660), so that QEMU running as ${QEMU_USER} may open it: a
+# node of the same device with that owner and mode, bind-mounted over /dev/kvm. The
+# machine's own /dev/kvm (root-only 0600 where no udev runs) is left as it is.
+host_kvm_device() {
+    local holder="$1" major minor
+    kvm_group_ready
+    read -r major minor < <(stat -c '%t %T' /dev/kvm)
+    in_ns "${holder}" mknod -m 0660 /run/kvmfleet/kvm c "$((16#${major}))" "$((16#${minor}))"
+    in_ns "${holder}" chgrp kvm /run/kvmfleet/kvm
+    in_ns "${holder}" mount --bind /run/kvmfleet/kvm /dev/kvm
+}
+
+# host_kvm_usable HOLDER : /dev/kvm in HOLDER's namespace is the root:kvm 0660 node above.
+host_kvm_usable() {
+    [[ "$(stat -c '%G %a' "/proc/$1/root/dev/kvm" 2>/dev/null)" == "kvm 660" ]]
 }
 
 host_virt_of() { cat "$(host_dir "$1")/virtualization" 2>/dev/null; }
@@ -127,11 +161,12 @@ host_namespace() {
     fi
     if holder="$(holder_pid "${name}")"; then
         if [[ -e "/proc/${holder}/root/run/kvmfleet/setup.done" ]] && link_exists "${veth}" \
-            && [[ "$(host_virt_of "${i}")" == "${want}" ]]; then
+            && [[ "$(host_virt_of "${i}")" == "${want}" ]] \
+            && { [[ "${want}" != kvm ]] || host_kvm_usable "${holder}"; }; then
             ok "${name}: namespaces already up (holder pid ${holder}, ${addr}, ${want})"
             return 0
         fi
-        info "${name}: recreating (half set up, or virtualization changes to ${want})"
+        info "${name}: recreating (half set up, virtualization changes to ${want}, or /dev/kvm not usable by QEMU)"
     fi
     stop_namespace "${name}"
     host_files "${i}"

@@ -438,13 +438,26 @@ def test_kvm_hosts_run_guests_with_hardware_acceleration(
 ) -> None:
     kvm_hosts = [h for h in testbed["hosts"] if h["virtualization"] == "kvm"]
     if not kvm_hosts:
+        if not Path("/dev/kvm").exists():
+            pytest.skip("this machine has no /dev/kvm (no hardware virtualization to test)")
         pytest.skip("the testbed has no KVM host (hack/testbed.sh up --kvm-hosts N adds one)")
+    qemu_user = testbed["qemuUser"]
     for host in kvm_hosts:
+        # /dev/kvm as udev makes it on a Debian host, and QEMU's user may open it.
+        assert on_host(host, known_hosts, "stat -c '%U:%G %a' /dev/kvm").strip() == "root:kvm 660"
+        opened = on_host(
+            host,
+            known_hosts,
+            f"runuser -u {qemu_user} -- sh -c ': <>/dev/kvm' && echo usable",
+            check=False,
+        )
+        assert opened.strip() == "usable", f"{host['name']}: {qemu_user} cannot open /dev/kvm"
         uri = libvirt_uri(host, strict_ssh)
         name = f"tb-kvm-{secrets.token_hex(3)}"
         serial_log = f"/var/log/libvirt/qemu/{name}.serial.log"
         domain = tmp_path / f"{name}.xml"
-        # Firmware only (SeaBIOS, then the NIC's iPXE ROM): runs fine under nested KVM.
+        # Firmware only (SeaBIOS, then the NIC's iPXE ROM), and no <cpu> element (QEMU's
+        # default model: host-model aborts under nested KVM here): runs under KVM.
         domain.write_text(f"""<domain type='kvm'>
   <name>{name}</name>
   <memory unit='MiB'>128</memory>
