@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +61,102 @@ class Kubectl:
         return self.run("apply", "-f", "-", input=text, check=check)
 
     def wait_for(
-        self, predicate: Any, *args: str, timeout: float = 60, interval: float = 0.5
+        self,
+        predicate: Any,
+        *args: str,
+        timeout: float = 60,
+        interval: float = 0.5,
+        done: Callable[[dict[str, Any]], bool] | None = None,
     ) -> Any:
-        """Poll `kubectl get ARGS -o json` until predicate(obj) is truthy; return obj."""
+        """Poll `kubectl get ARGS -o json` until predicate(obj) is truthy; return obj.
+
+        On timeout the error summarises what was last seen (see `summarize`); for a list,
+        `done(item)` tells which items are not stuck (default: Ready=True).
+        """
         deadline = time.monotonic() + timeout
         last: Any = None
+        error = ""
         while time.monotonic() < deadline:
             result = self.run("get", *args, "-o", "json", check=False)
             if result.returncode == 0:
                 last = json.loads(result.stdout)
                 if predicate(last):
                     return last
+            else:
+                error = result.stderr.strip()
             time.sleep(interval)
+        seen = summarize(last, done) if last is not None else f"kubectl get failed: {error}"
         raise AssertionError(
-            f"timed out after {timeout}s waiting on {args}; last seen: {json.dumps(last)[:3000]}"
+            f"timed out after {timeout}s waiting on `get {' '.join(args)}`:\n{seen}"
         )
+
+
+STUCK_SHOWN = 5
+"""How many stuck objects a timeout describes in full."""
+
+
+def conditions_of(obj: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The object's status.conditions by type."""
+    return {c.get("type", "?"): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def is_ready(obj: Mapping[str, Any]) -> bool:
+    return conditions_of(obj).get("Ready", {}).get("status") == "True"
+
+
+def describe(obj: Mapping[str, Any]) -> str:
+    """One object as a person reads it: name, phase, host, then each condition on a line."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    name = (
+        f"{meta.get('namespace')}/{meta.get('name')}" if meta.get("namespace") else meta.get("name")
+    )
+    facts = [f"phase {status.get('phase', '-')}"]
+    if status.get("host"):
+        facts.append(f"host {status['host']}")
+    if meta.get("deletionTimestamp"):
+        facts.append("deleting")
+    lines = [f"{obj.get('kind', 'object')} {name} ({', '.join(facts)})"]
+    conditions = conditions_of(obj)
+    if not conditions:
+        lines.append("  no conditions yet (never reconciled?)")
+    for type_, c in conditions.items():
+        message = c.get("message") or ""
+        lines.append(
+            f"  {type_}={c.get('status', '?')} {c.get('reason', '')}"
+            + (f": {message[:300]}" if message else "")
+        )
+    return "\n".join(lines)
+
+
+def summarize(obj: Mapping[str, Any], done: Callable[[dict[str, Any]], bool] | None = None) -> str:
+    """What a wait saw last: for a list, counts by phase and by Ready status/reason and the
+    first stuck items in full; for one object, its phase and conditions. Never raw JSON."""
+    if "items" not in obj:
+        return describe(obj)
+    items: list[dict[str, Any]] = obj["items"]
+    phases = Counter((i.get("status") or {}).get("phase", "-") for i in items)
+    ready = Counter(
+        f"{c.get('status', '?')}/{c.get('reason', '-')}" if c else "none"
+        for c in (conditions_of(i).get("Ready") for i in items)
+    )
+    hosts = Counter((i.get("status") or {}).get("host", "-") for i in items)
+    stuck = [i for i in items if not (done or is_ready)(i)]
+    lines = [
+        f"{len(items)} objects, {len(stuck)} not done",
+        "by phase: " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())),
+        "by Ready status/reason: " + ", ".join(f"{k}={v}" for k, v in sorted(ready.items())),
+    ]
+    if any(h != "-" for h in hosts):
+        lines.append("by host: " + ", ".join(f"{k}={v}" for k, v in sorted(hosts.items())))
+    if stuck:
+        stuck_hosts = Counter((i.get("status") or {}).get("host", "-") for i in stuck)
+        lines.append(
+            "not done, by host: " + ", ".join(f"{k}={v}" for k, v in sorted(stuck_hosts.items()))
+        )
+        lines.append(f"first {min(len(stuck), STUCK_SHOWN)} not done:")
+        lines.extend(describe(i) for i in stuck[:STUCK_SHOWN])
+    return "\n".join(lines)
 
 
 def free_port() -> int:
