@@ -527,3 +527,59 @@ def test_duplicate_mac_is_refused(cluster: Kubectl, hosts: list[str], ns: str) -
         and mac in condition(obj, "Stalled")["message"]
     )
     assert second not in domains("kvmhost1")
+
+
+def allocated_cpus(host: dict[str, Any]) -> int:
+    return int(host.get("status", {}).get("cpuSummary", "-1/0").split("/")[0])
+
+
+def test_host_counts_a_vm_at_once_on_placement_and_removal(
+    cluster: Kubectl, operator: OperatorProcess, hosts: list[str], ns: str
+) -> None:
+    """`kubectl get kh` follows placements and removals without waiting for a probe: the
+    operator here probes every 600 s, so only the VM use-cases can change the numbers."""
+    host, name = "kvmhost2", f"count-{ns[-6:]}"
+    operator.stop()
+    slow = OperatorProcess(
+        cluster.kubeconfig,
+        RUN_DIR / "logs" / "operator-slow-probe.log",
+        extra_env={**operator.extra_env, "KVMFLEET_HOST_PROBE_INTERVAL": "600"},
+    )
+    try:
+        slow.start()
+        before = cluster.wait_for(
+            lambda o: is_("Ready", "True")(o) and "domainCount" in o.get("status", {}),
+            "kh",
+            host,
+            timeout=60,
+        )
+        cpus, count = allocated_cpus(before), before["status"]["domainCount"]
+        cluster.apply(vm(name, ns, hostRef=host, cpus=3, runStrategy="Halted"))
+        cluster.wait_for(
+            lambda o: o.get("status", {}).get("host") == host, "vn", name, "-n", ns, timeout=60
+        )
+        started = time.monotonic()
+        shown = cluster.wait_for(
+            lambda o: allocated_cpus(o) == cpus + 3 and o["status"]["domainCount"] == count + 1,
+            "kh",
+            host,
+            timeout=10,
+            interval=0.2,
+        )
+        counted = time.monotonic() - started
+        assert {"name": name, "state": "Off"} in shown["status"]["domains"]
+        cluster.run("delete", "vn", name, "-n", ns, "--timeout=60s", timeout=90)
+        started = time.monotonic()
+        gone = cluster.wait_for(
+            lambda o: allocated_cpus(o) == cpus and o["status"]["domainCount"] == count,
+            "kh",
+            host,
+            timeout=10,
+            interval=0.2,
+        )
+        uncounted = time.monotonic() - started
+        assert all(d["name"] != name for d in gone["status"]["domains"])
+        print(f"\n{host}: counted {counted:.1f} s after placement, uncounted {uncounted:.1f} s")
+    finally:
+        slow.stop()
+        operator.start()

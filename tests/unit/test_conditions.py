@@ -104,14 +104,14 @@ def test_one_rfc3339_parser_reads_status_and_annotations(text: object, expected:
         assert cond.parse_rfc3339(cond.rfc3339(cond.parse_rfc3339(text))) == T0  # type: ignore[arg-type]
 
 
-def test_allocation_counts_placed_and_pinned_vms() -> None:
-    from kvmfleet.reconcile.hosts import allocated_on
+def test_allocation_counts_placed_vms() -> None:
+    from kvmfleet.reconcile.hostusage import allocated_on
 
     nodes = [
         {"spec": {"cpus": 2, "memory": "1Gi"}, "status": {"host": "h1"}},
-        {"spec": {"cpus": 1, "memory": "512Mi", "hostRef": "h1"}},
+        {"spec": {"cpus": 1, "memory": "512Mi", "hostRef": "h1"}},  # pinned, not placed
         {"spec": {"cpus": 4, "memory": "bad"}, "status": {"host": "h1"}},
         {"spec": {"cpus": 8, "memory": "8Gi"}, "status": {"host": "h2"}},
     ]
     used = allocated_on("h1", nodes)
-    assert (used.cpus, used.memory_mib) == (7, 1536)
+    assert (used.cpus, used.memory_mib) == (6, 1024)

@@ -66,10 +66,12 @@ class KubeApi:
             )
         return base64.b64decode(data[key])
 
-    def list_cluster_objects(self, plural: str) -> list[dict[str, Any]]:
-        """Every object of a kvmfleet kind, in all namespaces."""
+    def list_cluster_objects(self, plural: str, label_selector: str = "") -> list[dict[str, Any]]:
+        """Every object of a kvmfleet kind, in all namespaces (with those labels if given)."""
         with classified(f"listing {plural}"):
-            result = self.custom.list_cluster_custom_object(GROUP, VERSION, plural)
+            result = self.custom.list_cluster_custom_object(
+                GROUP, VERSION, plural, label_selector=label_selector
+            )
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 

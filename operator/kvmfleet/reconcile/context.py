@@ -38,6 +38,9 @@ class Context:
         default_factory=dict, repr=False
     )
     """Per VirtualNode uid: (host, requests, MACs) decided by this process (see vmplacement)."""
+    released: set[str] = field(default_factory=set, repr=False)
+    """VirtualNode uids whose removal finished while their object may still be listed: they
+    no longer count in a host's allocation (see hostusage; the probe forgets them)."""
 
     @classmethod
     def create(cls, settings: Settings) -> Context:

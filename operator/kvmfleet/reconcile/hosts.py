@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
-from kvmfleet.domain.allocation import Resources, allocatable
+from kvmfleet.domain.allocation import allocatable
 from kvmfleet.domain.conditions import Condition, Status
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
 from kvmfleet.reconcile import hostcpu, hostnetwork, hoststorage
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostsession import HostSession, connect
+from kvmfleet.reconcile.hostusage import allocated_on
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
-from kvmfleet.reconcile.vmplacement import requests_of
 from kvmfleet.ssh import facts, hostcmds
 from kvmfleet.ssh.errors import (
     AuthenticationError,
@@ -394,7 +392,8 @@ async def _allocation(
 ) -> None:
     """allocatable (hardware x overcommit) and allocated (the VirtualNodes placed here)."""
     nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
-    used = allocated_on(host.name, nodes)
+    ctx.released &= {str(n["metadata"].get("uid")) for n in nodes}  # gone from the API: forget
+    used = allocated_on(host.name, nodes, ctx.reservations, ctx.released)
     capacity = allocatable(host_facts.cpus, host_facts.memory_mib, spec.overcommit)
     outcome.status["allocatable"] = {"cpus": capacity.cpus, "memoryMiB": capacity.memory_mib}
     outcome.status["allocated"] = {"cpus": used.cpus, "memoryMiB": used.memory_mib}
@@ -412,16 +411,6 @@ async def _allocation(
         ("allocated", used.memory_mib),
     ):
         metrics.HOST_MEMORY.labels(host.name, kind).set(mib * 1024 * 1024)
-
-
-def allocated_on(host: str, nodes: Sequence[Mapping[str, Any]]) -> Resources:
-    """CPUs and memory of the VirtualNodes placed (or pinned) on `host`."""
-    total = Resources(0, 0)
-    for node in nodes:
-        where = (node.get("status") or {}).get("host") or (node.get("spec") or {}).get("hostRef")
-        if where == host:
-            total += requests_of(node)
-    return total
 
 
 def _unknown_rest(conds: dict[str, Condition], why: str, include_reach: bool = False) -> None:

@@ -21,7 +21,7 @@ from kvmfleet.domain.conditions import Condition, Status, parse_rfc3339
 from kvmfleet.domain.power import Call, Transition, plan_power
 from kvmfleet.domain.specs import RunStrategy, VirtualNodeSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
-from kvmfleet.reconcile import failpoints, vmconsole, vmdisks, vmdomain, vmremove
+from kvmfleet.reconcile import failpoints, hostusage, vmconsole, vmdisks, vmdomain, vmremove
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostaccess import PlacedHost, open_host
 from kvmfleet.reconcile.outcome import Outcome
@@ -91,7 +91,12 @@ async def remove(ctx: Context, node: Resource) -> Outcome:
     async with ctx.lock(f"vn/{node.uid}"):
         outcome = await vmremove.remove(ctx, node)
     if outcome.requeue_after is None:
-        ctx.reservations.pop(node.uid, None)
+        ctx.released.add(node.uid)
+        reserved = ctx.reservations.pop(node.uid, None)
+        host = node.status.get("host") or (reserved[0] if reserved else None)
+        if host:  # the host stops counting it at once
+            left = any(e.reason == "LeftBehind" for e in outcome.events)
+            await hostusage.publish(ctx, str(host), removed=None if left else node.name)
         ctx.last_sync.pop(node.uid, None)
         ctx.locks.pop(f"vn/{node.uid}", None)
         metrics.forget("VirtualNode", node.namespace or "", node.name)
@@ -128,6 +133,8 @@ async def _converge(
         _summarise(outcome, conds, ready=False, reason=error.reason, message=error.message)
         outcome.requeue_after, outcome.retry_message = RETRY, error.message
         return
+    if node.status.get("host") != placement.host:  # placed now: the host counts it at once
+        await hostusage.publish(ctx, placement.host)
     conds[SCHEDULED] = Condition(SCHEDULED, Status.TRUE, "Scheduled", f"on {placement.host}")
     outcome.status["host"] = placement.host
     outcome.status["nics"] = [
@@ -214,6 +221,7 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
     )
     if result.defined_now:
         outcome.note("Defined", f"domain {node.name} defined on {host.name} (mkvm)")
+        await hostusage.publish(ctx, host.name, added=(node.name, str(result.state)))
         metrics.VM_OPERATIONS.labels("define", "success").inc()
         failpoints.hit("after-define")
     elif result.redefined:
