@@ -5,7 +5,7 @@
 #   hack/stack.sh up       install what is missing, start everything, apply the examples
 #   hack/stack.sh down     stop everything `up` started (operator, testbed, control plane)
 #   hack/stack.sh status   one line per component; exit 1 if something is down
-#   hack/stack.sh env      `export KUBECONFIG=... PATH=...` for `eval`
+#   hack/stack.sh env      `export KUBECONFIG=... PATH=...` for `eval` (kubectl, kubectl kvm)
 #   hack/stack.sh logs     follow the operator's log
 #
 # Options (environment): KVMFLEET_HOSTS=2 (testbed hosts), KVMFLEET_NO_EXAMPLES=1.
@@ -133,6 +133,9 @@ cmd_up() {
     if [ "${KVMFLEET_NO_EXAMPLES:-0}" != 1 ]; then
         say "applying the example VM kvm1 (xCAT: mkvm kvm1 -s 20G; rpower kvm1 on)"
         vm_manifest | kubectl_ apply -f - >/dev/null
+        say "waiting for kvm1 to run (up to 3 minutes)"
+        kubectl_ wait --for=condition=Ready --timeout=180s vn/kvm1 >/dev/null \
+            || say "kvm1 is not Ready yet: kubectl describe vn kvm1"
     fi
     kubectl_ get kvmfleet -A || true
     cat >&2 <<EOF
@@ -143,6 +146,8 @@ cmd_up() {
   kubectl get kh                        # the hypervisors (xCAT: lsdef -t node kvmhost1)
   kubectl get vn -A -o wide             # the VMs
   kubectl describe vn kvm1
+  kubectl kvm console kvm1 --until '^KVMFLEET-TICK [0-9]+' --timeout 60   # the guest's counter line
+  kubectl kvm console kvm1              # rcons (Ctrl-] leaves); shows what is printed from now on
   curl -s localhost:${KVMFLEET_METRICS_PORT:-8080}/metrics | grep ^kvmfleet_
   hack/testbed.sh exec kvmhost1 -- virsh list --all
   hack/stack.sh logs                    # the operator's log
@@ -180,7 +185,7 @@ case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    env) bash hack/cluster.sh env ;;
+    env) bash hack/cluster.sh env; printf 'export PATH=%q:"$PATH"\n' "${REPO}/.venv/bin" ;;  # kubectl-kvm
     logs) exec tail -F "${STATE}/operator.log" ;;
     *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -121,7 +121,8 @@ def parser() -> argparse.ArgumentParser:
         type=_pattern,
         metavar="REGEX",
         help="exit 0 once the output matches REGEX, at the end of that line (exit 5 if "
-        "--timeout passes first)",
+        "--timeout passes first). Only output printed after the console attached is seen: "
+        "earlier output is not replayed (console logs are planned)",
     )
     console.add_argument(
         "--timeout", type=_positive, metavar="S", help="stop reading after S seconds"
@@ -221,7 +222,10 @@ def _console(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -
         if output.truncated:
             err.write(f"\nerror: {args.max_bytes} bytes read and no {pattern!r}\n")
             return EXIT_FAILED
-        err.write(f"\nerror: {pattern!r} did not appear within {args.timeout:g} s\n")
+        err.write(
+            f"\nerror: {pattern!r} did not appear within {args.timeout:g} s (only output "
+            "printed after the console attached is seen; earlier output is not replayed)\n"
+        )
         return EXIT_TIMEOUT
 
     def opened(placement: Placement) -> None:
