@@ -156,7 +156,7 @@ def test_guest_cpu_trials_are_recorded_and_tell_the_truth(
 
 
 def test_bridge_is_made_on_the_host_and_reapplying_changes_nothing(
-    cluster: Kubectl, hosts: list[str], testbed: dict[str, Any]
+    cluster: Kubectl, operator: OperatorProcess, hosts: list[str], testbed: dict[str, Any]
 ) -> None:
     name = hosts[0]
     address = host_by_name(testbed, name)["address"]
@@ -172,7 +172,7 @@ def test_bridge_is_made_on_the_host_and_reapplying_changes_nothing(
 
     before = cluster.json("get", "kh", name)
     cluster.apply(host_manifests(testbed, [name]))
-    time.sleep(8)  # two probe intervals
+    operator.wait_probes(name, 2)
     after = cluster.json("get", "kh", name)
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     again = json.loads(on_host(name, "ip", "-j", "-d", "link", "show", "br0").stdout)[0]
@@ -270,7 +270,7 @@ def test_mount_nfs_and_missing_block_device_are_reported_clearly(
 
 
 def test_wrong_host_key_is_refused_and_nothing_runs_on_the_host(
-    cluster: Kubectl, hosts: list[str], testbed: dict[str, Any]
+    cluster: Kubectl, operator: OperatorProcess, hosts: list[str], testbed: dict[str, Any]
 ) -> None:
     target, other = host_by_name(testbed, hosts[-1]), host_by_name(testbed, hosts[0])
     on_host(target["name"], "ip", "link", "del", "kvmd1", check=False)
@@ -289,7 +289,7 @@ def test_wrong_host_key_is_refused_and_nothing_runs_on_the_host(
         assert condition(obj, "HostKeyVerified")["reason"] == "HostKeyMismatch"
         assert condition(obj, "Stalled")["status"] == "True"
         assert condition(obj, "Ready")["status"] == "False"
-        time.sleep(4)
+        operator.wait_probes("wrong-key", 1)  # probed again, refused again
         # The bridge the spec asks for was never made: no command ran on the host.
         assert on_host(target["name"], "ip", "link", "show", "brwrong", check=False).returncode != 0
     finally:

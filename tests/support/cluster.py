@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -233,3 +234,22 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def probes(self, host: str) -> int:
+        """How many probes of KvmHost `host` this operator has finished (from /metrics)."""
+        found = re.search(
+            rf'^kvmfleet_host_probe_duration_seconds_count{{host="{re.escape(host)}"}} (\S+)$',
+            self.metrics(),
+            re.M,
+        )
+        return int(float(found.group(1))) if found else 0
+
+    def wait_probes(self, host: str, count: int, timeout: float = 60) -> None:
+        """Poll until `count` more probes of `host` have finished (instead of sleeping)."""
+        target = self.probes(host) + count
+        deadline = time.monotonic() + timeout
+        while (done := self.probes(host)) < target:
+            assert time.monotonic() < deadline, (
+                f"{host}: {done - target + count} of {count} probes in {timeout}s"
+            )
+            time.sleep(0.3)
