@@ -4,6 +4,9 @@ Each candidate of :func:`kvmfleet.domain.guestcpu.candidates` is started as a th
 transient guest (no disk, no NIC, firmware only) for a moment and destroyed. The result
 goes to ``status.guestCpu`` and is reused until what it depends on changes (libvirt or
 QEMU version, host CPU, KVM or not), so the trials run once per host, not every probe.
+A result in which no trial guest started is not reused: failed starts are quick, and
+what made them fail (a /dev/kvm that QEMU may not open, say) can be fixed on the host
+without anything in the signature changing.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ async def ensure(
 ) -> tuple[HostCpu, bool]:
     """The host's trials: the recorded ones while still valid, else new ones.
 
-    Returns the trials and whether they were made now. A lost connection raises
+    Returns the trials and whether their verdicts are new (made now, and not the same
+    verdicts as recorded). A lost connection raises
     (classified TemporaryError); a guest QEMU refuses or that stops is a failed trial.
     """
     wanted = signature(host_facts, kvm)
     previous = HostCpu.from_status(recorded)
-    if previous is not None and previous.probed_for == wanted:
+    if previous is not None and previous.probed_for == wanted and previous.preferred is not None:
         return previous, False
     host = Host(await session.libvirt())
     trials = []
@@ -54,4 +58,9 @@ async def ensure(
         )
         result = await session.ctx.blocking(host.trial_start, xml, SETTLE_SECONDS)
         trials.append(Trial(choice, result.started, result.message))
-    return HostCpu(wanted, tuple(trials)), True
+    made = HostCpu(wanted, tuple(trials))
+    return made, previous is None or _verdicts(previous) != _verdicts(made)
+
+
+def _verdicts(host_cpu: HostCpu) -> list[tuple[str, bool]]:
+    return [(t.choice.label, t.works) for t in host_cpu.trials]

@@ -44,13 +44,20 @@ class StartTrial:
     message: str
 
 
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z\s*")
+
+
 def _qemu_message(message: str, limit: int = 300) -> str:
-    """The useful part of a failed start's message (QEMU's own words), bounded."""
+    """The useful part of a failed start's message (QEMU's own words), bounded.
+
+    Timestamps are dropped, so the same failure reads the same every time.
+    """
     for marker in ("process exited while connecting to monitor: ", "internal error: "):
         _, found, tail = message.partition(marker)
         if found and tail.strip():
             message = tail.strip()
             break
+    message = _TIMESTAMP.sub("", message)
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
