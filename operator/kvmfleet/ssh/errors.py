@@ -5,7 +5,13 @@ class                       kind                when
 ==========================  ==================  =============================================
 HostUnreachableError        temporary           refused, timed out, no route, reset, the
                                                 transport died, the SSH handshake broke off
-CommandTimeoutError         temporary           a remote command outlived its timeout
+CommandTimeoutError         temporary           a remote command outlived its timeout (it is
+                                                killed on the host by ``timeout``)
+ChannelRefusedError         temporary           the host refused a new channel (sshd's
+                                                MaxSessions) or did not open one in time;
+                                                nothing was sent, the connection stays
+HostBusyError               temporary           no channel to the host became free in time
+OutputTooLargeError         permanent           a command printed more than the bound
 HostKeyMismatchError        permanent           the host showed another key than expected
 HostKeyUnknownError         permanent           Strict policy without an expected key
 AuthenticationError         permanent           the host refused our key
@@ -38,8 +44,30 @@ class SessionClosedError(HostUnreachableError):
     reason = "HostUnreachable"
 
 
+class ChannelRefusedError(TemporaryError):
+    """The host refused to open a channel on a live connection, or did not open it in time.
+
+    Nothing was sent; the connection stays usable for the commands already running on it
+    (sshd refuses channels beyond its MaxSessions with "administratively prohibited").
+    """
+
+    reason = "HostBusy"
+
+
+class HostBusyError(TemporaryError):
+    """Every channel the adapter may open to the host stayed busy for the queue timeout."""
+
+    reason = "HostBusy"
+
+
+class OutputTooLargeError(PermanentError):
+    """A remote command printed more than the adapter keeps; it was stopped."""
+
+    reason = "OutputTooLarge"
+
+
 class CommandTimeoutError(TemporaryError):
-    """A remote command did not finish within its timeout (its channel was closed)."""
+    """A remote command did not finish within its timeout (killed on the host, channel closed)."""
 
     reason = "CommandTimeout"
 

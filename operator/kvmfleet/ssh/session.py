@@ -5,8 +5,14 @@
 * :class:`SshSession` - one paramiko ``SSHClient``: host key verified in the handshake
   (before authentication), keepalive on the transport, :meth:`SshSession.run` runs one
   argv per channel (quoted once by :func:`~kvmfleet.ssh.quoting.quote_argv`), reads
-  stdout and stderr together (no pipe deadlock), enforces a timeout.
-* :class:`SshPool` - one reusable session per (target, key fingerprint, host key check),
+  stdout and stderr together (no pipe deadlock), bounds the output and enforces a
+  deadline: the command runs under coreutils ``timeout`` on the host, so it is killed
+  there (TERM, then KILL) when its time is up, not only abandoned.
+* :class:`SshHost` - the connections to one host: at most ``max_connections`` sessions
+  with at most ``max_channels_per_connection`` channels each (below a stock sshd's
+  MaxSessions 10 and MaxStartups 10). A burst beyond that waits in a queue; a refused
+  channel is retried and never closes the connection other commands use.
+* :class:`SshPool` - one :class:`SshHost` per (target, key fingerprint, host key check),
   thread-safe, reconnecting when a transport died.
 
 Every call blocks: callers on an event loop run them in a thread. Failures are
@@ -33,14 +39,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from kvmfleet.domain.validation import validate_host_address, validate_port, validate_user_name
+from kvmfleet.errors import KvmfleetError
 from kvmfleet.ssh.errors import (
     AuthenticationError,
+    ChannelRefusedError,
     CommandError,
     CommandTimeoutError,
+    HostBusyError,
     HostKeyMismatchError,
     HostKeyUnknownError,
     HostUnreachableError,
     InvalidPrivateKeyError,
+    OutputTooLargeError,
     SessionClosedError,
 )
 from kvmfleet.ssh.hostkeys import HostKey, HostKeyCheck, fingerprint_of_blob, policy_for
@@ -52,6 +62,10 @@ _READ_CHUNK = 65536
 _WRITE_CHUNK = 32768
 _POLL_INTERVAL = 0.5
 _STDERR_IN_MESSAGE = 2000
+TIMEOUT_EXIT_STATUS = 124
+"""What coreutils ``timeout`` exits with when it stopped the command (137 if it had to KILL)."""
+_KILLED_EXIT_STATUS = 128 + 9
+_LOCAL_MARGIN = 5.0
 
 
 # --- target and credentials ---------------------------------------------------------------
@@ -208,6 +222,20 @@ class SshOptions:
     """Seconds between keepalive packets on an idle transport (0: none)."""
     default_command_timeout: float = 60.0
     """The timeout of :meth:`SshPool.run` when none is given."""
+    remote_timeout: bool = True
+    """Run every command under ``timeout -k <kill_grace> <timeout>`` on the host."""
+    kill_grace: float = 5.0
+    """Seconds between TERM and KILL when a command outlives its timeout."""
+    max_output_bytes: int = 16 * 1024 * 1024
+    """stdout + stderr kept of one command; beyond it the command is stopped."""
+    max_channels_per_connection: int = 8
+    """Commands at once on one connection (a stock sshd allows MaxSessions 10)."""
+    max_connections: int = 2
+    """SSH connections per host (libvirt's own qemu+ssh connection comes on top)."""
+    queue_timeout: float = 300.0
+    """How long a command may wait for a free channel before HostBusyError."""
+    channel_retries: int = 5
+    """Attempts after a refused channel or a connection that closed before sending."""
 
 
 @dataclass(frozen=True)
@@ -382,12 +410,15 @@ class SshSession:
         """Run ``argv`` on the host; its stdin gets ``input`` (then EOF), or just EOF.
 
         Raises CommandError on a non-zero exit when ``check``; CommandTimeoutError when the
-        command outlives ``timeout`` (the channel is closed; without a tty the remote
-        process is not signalled and may run on); SessionClosedError if the transport is
-        gone before the command was sent; HostUnreachableError if it died while running.
+        command outlives ``timeout`` (``timeout`` on the host stops it with TERM, then KILL
+        after ``kill_grace``; the channel is closed if even that does not end it);
+        OutputTooLargeError beyond ``max_output_bytes``; ChannelRefusedError or
+        SessionClosedError if no channel could be opened (nothing was sent);
+        HostUnreachableError if the transport died while it ran.
         """
-        command = quote_argv(argv)
+        command = quote_argv(self.remote_argv(argv, timeout))
         started = time.monotonic()
+        local = timeout + (self.options.kill_grace + _LOCAL_MARGIN) * self.options.remote_timeout
         channel = self._open_channel(argv)
         try:
             try:
@@ -396,10 +427,20 @@ class SshSession:
                 raise HostUnreachableError(
                     f"{self.target.host_port}: cannot start {argv[0]!r}: {_describe(error)}"
                 ) from error
-            stdout, stderr = self._communicate(channel, argv, input, started + timeout, timeout)
+            stdout, stderr = self._communicate(channel, argv, input, started + local, timeout)
             status = channel.recv_exit_status() if channel.exit_status_ready() else -1
         finally:
             channel.close()
+        elapsed = time.monotonic() - started
+        if self.options.remote_timeout and (
+            status == TIMEOUT_EXIT_STATUS or (status == _KILLED_EXIT_STATUS and elapsed >= timeout)
+        ):
+            raise CommandTimeoutError(
+                f"{self.target.host_port}: {argv[0]!r} did not finish within {timeout:g}s "
+                "(stopped on the host)",
+                argv=argv,
+                timeout=timeout,
+            )
         result = CommandResult(
             argv=tuple(argv),
             exit_status=status,
@@ -412,12 +453,32 @@ class SshSession:
             raise command_error(result, self.target)
         return result
 
+    def remote_argv(self, argv: Sequence[str], timeout: float) -> list[str]:
+        """``argv`` as sent: under coreutils ``timeout`` (its own process group, so the
+        command's children are stopped too) unless ``remote_timeout`` is off."""
+        if not self.options.remote_timeout:
+            return list(argv)
+        seconds = f"{max(timeout, 0.1):.3f}".rstrip("0").rstrip(".")
+        grace = f"{max(self.options.kill_grace, 0.1):.3f}".rstrip("0").rstrip(".")
+        return ["timeout", f"--kill-after={grace}s", f"{seconds}s", *argv]
+
     def _open_channel(self, argv: Sequence[str]) -> paramiko.Channel:
         if not self._transport.is_active():
             raise SessionClosedError(f"{self.target.host_port}: the SSH connection is closed")
         try:
             return self._transport.open_session(timeout=self.options.channel_timeout)
+        except paramiko.ChannelException as error:
+            # Refused by the host (e.g. beyond sshd's MaxSessions): the connection is fine.
+            raise ChannelRefusedError(
+                f"{self.target.host_port}: the host refused a channel for {argv[0]!r}: "
+                f"{_describe(error)}"
+            ) from error
         except (paramiko.SSHException, EOFError, OSError) as error:
+            if self._transport.is_active():
+                raise ChannelRefusedError(
+                    f"{self.target.host_port}: no channel for {argv[0]!r} within "
+                    f"{self.options.channel_timeout:g}s: {_describe(error)}"
+                ) from error
             self.close()
             raise SessionClosedError(
                 f"{self.target.host_port}: cannot open a channel for {argv[0]!r}: "
@@ -435,14 +496,22 @@ class SshSession:
         """Feed stdin and drain stdout and stderr together until EOF and exit status."""
         out: list[bytes] = []
         err: list[bytes] = []
+        size = 0
         pending = memoryview(data or b"")
         if not pending:
             channel.shutdown_write()
         while True:
             while channel.recv_ready():
                 out.append(channel.recv(_READ_CHUNK))
+                size += len(out[-1])
             while channel.recv_stderr_ready():
                 err.append(channel.recv_stderr(_READ_CHUNK))
+                size += len(err[-1])
+            if size > self.options.max_output_bytes:
+                raise OutputTooLargeError(
+                    f"{self.target.host_port}: {argv[0]!r} printed more than "
+                    f"{self.options.max_output_bytes} bytes; it was stopped"
+                )
             if pending:
                 pending = self._feed(channel, pending)
             if _finished(channel):
@@ -519,67 +588,325 @@ def _describe(error: BaseException) -> str:
     return text
 
 
-# --- pool -------------------------------------------------------------------------------------
+# --- connections to one host ------------------------------------------------------------------
 
 
 _PoolKey = tuple[SshTarget, str, HostKeyCheck]
 SessionFactory = Callable[[SshTarget, SshCredentials, HostKeyCheck, SshOptions], SshSession]
 """What :class:`SshPool` calls to connect (``SshSession`` itself by default)."""
 
+Observer = Callable[[str, int, int, int], None]
+"""Told ``(host:port, commands waiting, channels in use, connections)`` on every change."""
 
-class SshPool:
-    """Reusable sessions: one per (target, key fingerprint, host key check). Thread-safe.
 
-    :meth:`session` returns the live session for the key or connects a new one (also when
-    the previous one's transport died). When the host key check of a (target, key)
-    changes (a new ``spec.hostKey``, a key recorded on first use), the older sessions of
-    that (target, key) are closed; a TrustOnFirstUse session whose verified key is the
-    one now expected is kept and reused.
+@dataclass(eq=False)
+class _Slot:
+    session: SshSession
+    limit: int
+    busy: int = 0
+
+
+class SshHost:
+    """The SSH connections to one host under one key and host key check. Thread-safe.
+
+    At most ``options.max_connections`` sessions, each carrying at most
+    ``options.max_channels_per_connection`` commands at once; a command beyond that waits
+    (up to ``options.queue_timeout``, then HostBusyError). A channel the host refuses
+    (sshd's MaxSessions: "administratively prohibited") lowers that connection's limit
+    and is retried with backoff; the connection stays open for the commands on it. A
+    connection that cannot be made while others are up only makes the command wait for
+    them. Under TrustOnFirstUse, later connections must show the key the first one saw.
     """
 
     def __init__(
-        self, options: SshOptions | None = None, *, session_factory: SessionFactory | None = None
+        self,
+        target: SshTarget,
+        credentials: SshCredentials,
+        host_key_check: HostKeyCheck,
+        options: SshOptions,
+        *,
+        factory: SessionFactory,
+        observer: Observer | None = None,
+    ) -> None:
+        self.target = target
+        self.credentials = credentials
+        self.host_key_check = host_key_check
+        self.options = options
+        self._factory = factory
+        self._observer = observer
+        self._cond = threading.Condition()
+        self._slots: list[_Slot] = []
+        self._connecting = 0
+        self._waiting = 0
+        self._closed = False
+        self._connect_backoff_until = 0.0
+        self._seen_key: str | None = None
+
+    # -- state --
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def primary(self) -> SshSession:
+        """A live session; connects the first one (host key and key errors surface here)."""
+        with self._cond:
+            for slot in self._slots:
+                if slot.session.is_active():
+                    return slot.session
+        slot = self._acquire(time.monotonic() + self.options.queue_timeout)
+        self._release(slot)
+        return slot.session
+
+    @property
+    def host_key(self) -> str:
+        """The key the host presented, known_hosts form."""
+        return self.primary().host_key
+
+    @property
+    def fingerprint(self) -> str:
+        """The SHA256 fingerprint of :attr:`host_key`."""
+        return self.primary().fingerprint
+
+    def is_active(self) -> bool:
+        """True while at least one connection is up."""
+        with self._cond:
+            return any(slot.session.is_active() for slot in self._slots)
+
+    def sessions(self) -> list[SshSession]:
+        """The live sessions (for tests and diagnostics)."""
+        with self._cond:
+            return [slot.session for slot in self._slots if slot.session.is_active()]
+
+    def rekey(self, host_key_check: HostKeyCheck) -> None:
+        """Use ``host_key_check`` for new connections (a first-use key was recorded)."""
+        self.host_key_check = host_key_check
+
+    def close(self) -> None:
+        """Close every connection; waiting commands fail with SessionClosedError."""
+        with self._cond:
+            self._closed = True
+            slots, self._slots = self._slots, []
+            self._cond.notify_all()
+        for slot in slots:
+            slot.session.close()
+        self._observe()
+
+    # -- commands --
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        input: bytes | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run ``argv`` on a free channel (waiting for one if all are busy); see
+        :meth:`SshSession.run`. Retried only when nothing was sent."""
+        deadline = time.monotonic() + self.options.queue_timeout
+        attempt = 0
+        while True:
+            slot = self._acquire(deadline)
+            refused = False
+            try:
+                return slot.session.run(argv, timeout=timeout, input=input, check=check)
+            except ChannelRefusedError:
+                refused = True
+                attempt += 1
+                if attempt > self.options.channel_retries or time.monotonic() > deadline:
+                    raise
+            except SessionClosedError:
+                attempt += 1
+                if attempt > self.options.channel_retries:
+                    raise
+            finally:
+                self._release(slot, refused=refused)
+            if refused:
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+
+    def _acquire(self, deadline: float) -> _Slot:
+        """A slot with a free channel: on a live connection, or on a new one if allowed."""
+        while True:
+            with self._cond:
+                self._waiting += 1
+                try:
+                    slot = self._wait_for_slot(deadline)
+                finally:
+                    self._waiting -= 1
+            if slot is not None:
+                self._observe()
+                return slot
+            # Our turn to connect (counted in _connecting), outside the lock.
+            try:
+                session = self._factory(
+                    self.target, self.credentials, self._check_for_new(), self.options
+                )
+            except KvmfleetError:
+                with self._cond:
+                    self._connecting -= 1
+                    others = any(s.session.is_active() for s in self._slots)
+                    if others:
+                        self._connect_backoff_until = time.monotonic() + 10.0
+                    self._cond.notify_all()
+                if not others:
+                    raise
+                continue  # wait for the connections that are up
+            with self._cond:
+                self._connecting -= 1
+                if self._closed:
+                    session.close()
+                    raise SessionClosedError(f"{self.target.host_port}: the pool was closed")
+                self._seen_key = self._seen_key or session.host_key
+                slot = _Slot(session, max(1, self.options.max_channels_per_connection), busy=1)
+                self._slots.append(slot)
+                self._cond.notify_all()
+            self._observe()
+            return slot
+
+    def _wait_for_slot(self, deadline: float) -> _Slot | None:
+        """Under the lock: a slot (busy counted), or None when the caller must connect."""
+        observed = False
+        while True:
+            if self._closed:
+                raise SessionClosedError(f"{self.target.host_port}: the pool was closed")
+            self._prune()
+            live = [slot for slot in self._slots if slot.session.is_active()]
+            free = [slot for slot in live if slot.busy < slot.limit]
+            if free:
+                best = min(free, key=lambda slot: slot.busy)
+                best.busy += 1
+                return best
+            now = time.monotonic()
+            room = len(live) + self._connecting < max(1, self.options.max_connections)
+            if (room and now >= self._connect_backoff_until) or (not live and not self._connecting):
+                self._connecting += 1
+                return None
+            remaining = deadline - now
+            if remaining <= 0:
+                raise HostBusyError(
+                    f"{self.target.host_port}: no SSH channel became free within "
+                    f"{self.options.queue_timeout:g}s ({self._waiting} commands waiting)"
+                )
+            if not observed:
+                self._observe()  # the backlog grew (the lock is reentrant)
+                observed = True
+            self._cond.wait(min(remaining, 1.0))
+
+    def _release(self, slot: _Slot, *, refused: bool = False) -> None:
+        with self._cond:
+            slot.busy -= 1
+            if refused:
+                # The host allows fewer channels per connection than configured.
+                slot.limit = max(1, min(slot.limit, slot.busy))
+            self._prune()
+            self._cond.notify_all()
+        self._observe()
+
+    def _prune(self) -> None:
+        """Under the lock: drop connections that died and carry no command."""
+        dead = [slot for slot in self._slots if not slot.session.is_active() and slot.busy <= 0]
+        for slot in dead:
+            self._slots.remove(slot)
+            slot.session.close()
+
+    def _check_for_new(self) -> HostKeyCheck:
+        check = self.host_key_check
+        if check.expected is None and self._seen_key is not None:
+            return HostKeyCheck.trust_on_first_use(self._seen_key)
+        return check
+
+    def _observe(self) -> None:
+        if self._observer is None:
+            return
+        with self._cond:
+            busy = sum(max(0, slot.busy) for slot in self._slots)
+            counts = (self._waiting, busy, len(self._slots))
+        self._observer(self.target.host_port, *counts)
+
+    def __repr__(self) -> str:
+        return f"SshHost({self.target}, {len(self.sessions())} connections)"
+
+
+# --- pool -------------------------------------------------------------------------------------
+
+
+class SshPool:
+    """Reusable connections: one :class:`SshHost` per (target, key fingerprint, host key
+    check). Thread-safe.
+
+    :meth:`host` returns the connected :class:`SshHost` for the key (connecting its first
+    session if none is up). When the host key check of a (target, key) changes (a new
+    ``spec.hostKey``, a key recorded on first use), the older connections of that
+    (target, key) are closed; a TrustOnFirstUse connection whose verified key is the one
+    now expected is kept and reused.
+    """
+
+    def __init__(
+        self,
+        options: SshOptions | None = None,
+        *,
+        session_factory: SessionFactory | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.options = options or SshOptions()
         self._factory: SessionFactory = session_factory or SshSession
+        self._observer = observer
         self._lock = threading.Lock()
         self._connect_locks: dict[tuple[SshTarget, str], threading.Lock] = {}
-        self._sessions: dict[_PoolKey, SshSession] = {}
+        self._hosts: dict[_PoolKey, SshHost] = {}
 
-    def session(
+    def host(
         self, target: SshTarget, credentials: SshCredentials, host_key_check: HostKeyCheck
-    ) -> SshSession:
-        """A connected session for ``target``: the pooled one if alive, else a new one."""
+    ) -> SshHost:
+        """The connections to ``target``, with at least one session up."""
         identity = (target, credentials.fingerprint)
         key: _PoolKey = (target, credentials.fingerprint, host_key_check)
         with self._lock:
             connect_lock = self._connect_locks.setdefault(identity, threading.Lock())
         with connect_lock:
             with self._lock:
-                existing = self._sessions.get(key) or self._adopt(key)
-            if existing is not None and existing.is_active():
+                existing = self._hosts.get(key) or self._adopt(key)
+            if existing is not None and not existing.closed:
+                existing.primary()
                 return existing
-            session = self._factory(target, credentials, host_key_check, self.options)
+            group = SshHost(
+                target,
+                credentials,
+                host_key_check,
+                self.options,
+                factory=self._factory,
+                observer=self._observer,
+            )
+            group.primary()
             with self._lock:
-                stale = [k for k in self._sessions if (k[0], k[1]) == identity]
-                old = [self._sessions.pop(k) for k in stale]
-                self._sessions[key] = session
+                stale = [k for k in self._hosts if (k[0], k[1]) == identity]
+                old = [self._hosts.pop(k) for k in stale]
+                self._hosts[key] = group
         for previous in old:
             previous.close()
-        return session
+        return group
 
-    def _adopt(self, key: _PoolKey) -> SshSession | None:
-        """Reuse a first-use session whose verified key is the one now expected."""
+    def session(
+        self, target: SshTarget, credentials: SshCredentials, host_key_check: HostKeyCheck
+    ) -> SshSession:
+        """A connected session for ``target`` (the first live one of its :class:`SshHost`)."""
+        return self.host(target, credentials, host_key_check).primary()
+
+    def _adopt(self, key: _PoolKey) -> SshHost | None:
+        """Reuse first-use connections whose verified key is the one now expected."""
         target, fp, check = key
         if check.expected is None:
             return None
         first_use = HostKeyCheck.trust_on_first_use(None)
-        session = self._sessions.get((target, fp, first_use))
-        if session is None or session.host_key != check.expected or not session.is_active():
+        group = self._hosts.get((target, fp, first_use))
+        if group is None or not group.is_active() or group.host_key != check.expected:
             return None
-        del self._sessions[(target, fp, first_use)]
-        self._sessions[key] = session
-        return session
+        del self._hosts[(target, fp, first_use)]
+        group.rekey(check)
+        self._hosts[key] = group
+        return group
 
     def run(
         self,
@@ -592,36 +919,29 @@ class SshPool:
         input: bytes | None = None,
         check: bool = True,
     ) -> CommandResult:
-        """Run ``argv`` on a pooled session; once more on a new one if the old one was dead.
-
-        The retry happens only when nothing was sent (SessionClosedError), so it is safe
-        for any command.
-        """
+        """Run ``argv`` on a pooled connection (see :meth:`SshHost.run`)."""
         limit = self.options.default_command_timeout if timeout is None else timeout
-        session = self.session(target, credentials, host_key_check)
-        try:
-            return session.run(argv, timeout=limit, input=input, check=check)
-        except SessionClosedError:
-            session.close()
-            session = self.session(target, credentials, host_key_check)
-            return session.run(argv, timeout=limit, input=input, check=check)
+        group = self.host(target, credentials, host_key_check)
+        return group.run(argv, timeout=limit, input=input, check=check)
 
     def invalidate(self, target: SshTarget) -> None:
-        """Close and forget every session to ``target`` (e.g. after its key changed)."""
+        """Close and forget every connection to ``target`` (e.g. after its key changed)."""
         with self._lock:
-            keys = [key for key in self._sessions if key[0] == target]
-            sessions = [self._sessions.pop(key) for key in keys]
-        for session in sessions:
-            session.close()
+            keys = [key for key in self._hosts if key[0] == target]
+            groups = [self._hosts.pop(key) for key in keys]
+        for group in groups:
+            group.close()
 
     def close_all(self) -> None:
-        """Close every session (operator shutdown)."""
+        """Close every connection (operator shutdown)."""
         with self._lock:
-            sessions = list(self._sessions.values())
-            self._sessions.clear()
-        for session in sessions:
-            session.close()
+            groups = list(self._hosts.values())
+            self._hosts.clear()
+        for group in groups:
+            group.close()
 
     def __len__(self) -> int:
+        """The number of live sessions."""
         with self._lock:
-            return len(self._sessions)
+            groups = list(self._hosts.values())
+        return sum(len(group.sessions()) for group in groups)

@@ -19,12 +19,16 @@ import paramiko
 class Record:
     auth_attempts: list[tuple[str, str]] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    refused_channels: int = 0
 
 
 class _Server(paramiko.ServerInterface):
-    def __init__(self, record: Record, deny_auth: bool) -> None:
+    def __init__(self, record: Record, deny_auth: bool, max_sessions: int | None = None) -> None:
         self.record = record
         self.deny_auth = deny_auth
+        self.max_sessions = max_sessions
+        self.open_sessions = 0
+        self.lock = threading.Lock()
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -34,20 +38,27 @@ class _Server(paramiko.ServerInterface):
         return paramiko.AUTH_FAILED if self.deny_auth else paramiko.AUTH_SUCCESSFUL
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
-        return (
-            paramiko.OPEN_SUCCEEDED
-            if kind == "session"
-            else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        )
+        if kind != "session":
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        with self.lock:
+            if self.max_sessions is not None and self.open_sessions >= self.max_sessions:
+                self.record.refused_channels += 1  # like sshd beyond MaxSessions
+                return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+            self.open_sessions += 1
+        return paramiko.OPEN_SUCCEEDED
+
+    def session_ended(self) -> None:
+        with self.lock:
+            self.open_sessions -= 1
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         text = command.decode()
         self.record.commands.append(text)
-        threading.Thread(target=_execute, args=(channel, text), daemon=True).start()
+        threading.Thread(target=_execute, args=(channel, text, self), daemon=True).start()
         return True
 
 
-def _execute(channel: paramiko.Channel, command: str) -> None:
+def _execute(channel: paramiko.Channel, command: str, server: _Server) -> None:
     process = subprocess.Popen(
         ["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -84,14 +95,22 @@ def _execute(channel: paramiko.Channel, command: str) -> None:
         channel.close()
     except (OSError, EOFError):
         pass
+    finally:
+        server.session_ended()
 
 
 class FakeHost:
     """One host: its host keys; :meth:`connect` returns the client end of a new connection."""
 
-    def __init__(self, host_keys: list[paramiko.PKey], deny_auth: bool = False) -> None:
+    def __init__(
+        self,
+        host_keys: list[paramiko.PKey],
+        deny_auth: bool = False,
+        max_sessions: int | None = None,
+    ) -> None:
         self.host_keys = host_keys
         self.deny_auth = deny_auth
+        self.max_sessions = max_sessions
         self.record = Record()
         self.transports: list[paramiko.Transport] = []
 
@@ -100,7 +119,9 @@ class FakeHost:
         transport = paramiko.Transport(server)
         for key in self.host_keys:
             transport.add_server_key(key)
-        transport.start_server(threading.Event(), server=_Server(self.record, self.deny_auth))
+        transport.start_server(
+            threading.Event(), server=_Server(self.record, self.deny_auth, self.max_sessions)
+        )
         self.transports.append(transport)
         return client
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from kvmfleet.ssh.errors import HostUnreachableError
-from kvmfleet.ssh.reachability import check_banner
+from kvmfleet.ssh.reachability import BannerChecks, check_banner
 from kvmfleet.ssh.session import SshTarget
 
 
@@ -55,3 +55,32 @@ def test_closed_port_is_unreachable() -> None:
     probe.close()
     with pytest.raises(HostUnreachableError, match="cannot connect"):
         check_banner(SshTarget("127.0.0.1", port), timeout=5)
+
+
+def test_banner_checks_are_shared_per_host_for_a_moment() -> None:
+    calls: list[SshTarget] = []
+    now = [0.0]
+    answer: list[Exception | str] = ["SSH-2.0-x"]
+
+    def checker(target: SshTarget, timeout: float) -> str:
+        calls.append(target)
+        if isinstance(answer[0], Exception):
+            raise answer[0]
+        return answer[0]
+
+    checks = BannerChecks(ttl=5.0, checker=checker, clock=lambda: now[0])
+    a, b = SshTarget("10.0.0.1"), SshTarget("10.0.0.2")
+    threads = [threading.Thread(target=checks.check, args=(a,)) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    checks.check(b)
+    assert calls == [a, b]  # 50 callers, one connection to a
+    now[0] = 6.0
+    answer[0] = HostUnreachableError("10.0.0.1:22: cannot connect: refused")
+    with pytest.raises(HostUnreachableError):
+        checks.check(a)
+    with pytest.raises(HostUnreachableError, match="refused"):
+        checks.check(a)  # the failure is shared as well
+    assert calls == [a, b, a]

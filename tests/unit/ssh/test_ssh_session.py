@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Iterator
 
 import paramiko
@@ -15,8 +16,10 @@ from kvmfleet.ssh.errors import (
     AuthenticationError,
     CommandError,
     CommandTimeoutError,
+    HostBusyError,
     HostKeyMismatchError,
     HostKeyUnknownError,
+    OutputTooLargeError,
     SessionClosedError,
 )
 from kvmfleet.ssh.hostkeys import HostKey, HostKeyCheck
@@ -65,7 +68,7 @@ def test_runs_a_command_with_the_expected_key(host, server_keys, client_credenti
         assert s.host_key == line(server_keys["ecdsa"])
         assert s.fingerprint == HostKey.from_paramiko(server_keys["ecdsa"]).fingerprint
     assert host.record.auth_attempts == [("root", "ecdsa-sha2-nistp256")]
-    assert host.record.commands == ["echo 'hello world'"]
+    assert host.record.commands == ["timeout --kill-after=5s 10s echo 'hello world'"]
 
 
 def test_a_wrong_host_key_stops_before_authentication(
@@ -259,3 +262,117 @@ def test_pool_connects_once_under_concurrency(pool, server_keys, client_credenti
     for thread in threads:
         thread.join()
     assert len(made) == 1
+
+
+# --- deadlines, bounds and sshd's limits -------------------------------------------------------
+
+
+def _running(pattern: str) -> bool:
+    import subprocess
+
+    found = subprocess.run(["pgrep", "-f", pattern], check=False, capture_output=True)
+    return found.returncode == 0
+
+
+def test_a_command_past_its_deadline_is_killed_on_the_host(session) -> None:
+    with pytest.raises(CommandTimeoutError) as caught:
+        session.run(["sleep", "7.123"], timeout=0.5)
+    assert "stopped on the host" in caught.value.message
+    assert not _running("^sleep 7.123")
+    assert session.run(["true"], timeout=10).ok
+
+
+def test_output_is_bounded(host, server_keys, client_credentials) -> None:
+    options = SshOptions(connect_timeout=5, max_output_bytes=10000)
+    check = HostKeyCheck.strict(line(server_keys["ecdsa"]))
+    with SshSession(TARGET, client_credentials, check, options, sock=host.connect()) as s:
+        with pytest.raises(OutputTooLargeError) as caught:
+            s.run(["head", "-c", "1000000", "/dev/zero"], timeout=10)
+        assert isinstance(caught.value, PermanentError)
+        assert s.run(["echo", "ok"], timeout=10).stdout == "ok\n"
+
+
+def _bounded_pool(host: FakeHost, **limits: object) -> tuple[SshPool, list[SshSession]]:
+    made: list[SshSession] = []
+    options = SshOptions(connect_timeout=5, channel_timeout=5, **limits)  # type: ignore[arg-type]
+
+    def factory(target, credentials, check, opts) -> SshSession:  # type: ignore[no-untyped-def]
+        made.append(SshSession(target, credentials, check, opts, sock=host.connect()))
+        return made[-1]
+
+    return SshPool(options, session_factory=factory), made
+
+
+def _burst(pool: SshPool, check: HostKeyCheck, creds: SshCredentials, n: int) -> list[object]:
+    results: list[object] = [None] * n
+
+    def work(i: int) -> None:
+        try:
+            results[i] = pool.run(TARGET, creds, check, ["sh", "-c", f"sleep 0.2; echo {i}"]).stdout
+        except BaseException as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_a_burst_queues_within_the_connection_and_channel_bounds(
+    server_keys, client_credentials
+) -> None:
+    fake = FakeHost([server_keys["ecdsa"]], max_sessions=3)
+    pool, made = _bounded_pool(fake, max_channels_per_connection=3, max_connections=2)
+    check = HostKeyCheck.strict(line(server_keys["ecdsa"]))
+    try:
+        results = _burst(pool, check, client_credentials, 24)
+        assert results == [f"{i}\n" for i in range(24)]
+        assert len(made) == 2 and fake.record.refused_channels == 0
+    finally:
+        pool.close_all()
+        fake.close()
+
+
+def test_a_refused_channel_is_retried_and_keeps_the_connection(
+    server_keys, client_credentials
+) -> None:
+    # The adapter believes 8 channels fit; the host (sshd MaxSessions) allows 2.
+    fake = FakeHost([server_keys["ecdsa"]], max_sessions=2)
+    pool, made = _bounded_pool(fake, max_channels_per_connection=8, max_connections=1)
+    check = HostKeyCheck.strict(line(server_keys["ecdsa"]))
+    try:
+        results = _burst(pool, check, client_credentials, 12)
+        assert results == [f"{i}\n" for i in range(12)]
+        assert fake.record.refused_channels > 0
+        assert len(made) == 1 and made[0].is_active()  # never torn down
+    finally:
+        pool.close_all()
+        fake.close()
+
+
+def test_the_queue_has_a_deadline_and_reports_its_backlog(
+    host, server_keys, client_credentials
+) -> None:
+    seen: list[tuple[str, int, int, int]] = []
+    options = SshOptions(
+        connect_timeout=5, max_channels_per_connection=1, max_connections=1, queue_timeout=0.3
+    )
+
+    def factory(target, credentials, check, opts) -> SshSession:  # type: ignore[no-untyped-def]
+        return SshSession(target, credentials, check, opts, sock=host.connect())
+
+    pool = SshPool(options, session_factory=factory, observer=lambda *a: seen.append(a))
+    check = HostKeyCheck.strict(line(server_keys["ecdsa"]))
+    slow = threading.Thread(
+        target=pool.run, args=(TARGET, client_credentials, check, ["sleep", "1"])
+    )
+    slow.start()
+    time.sleep(0.3)
+    with pytest.raises(HostBusyError):
+        pool.run(TARGET, client_credentials, check, ["true"])
+    slow.join()
+    pool.close_all()
+    assert any(waiting >= 1 for _, waiting, _, _ in seen)
+    assert max(busy for _, _, busy, _ in seen) == 1
