@@ -1,7 +1,10 @@
 """Access to the Kubernetes API through the official client: secrets, objects, events.
 
-Calls here are blocking; use-cases run them through Context.blocking. Errors are
-classified: 404 -> NotFoundError, 5xx/429/connection -> TemporaryError, 401/403/422 ->
+Calls here are blocking; use-cases run them through Context.blocking (on the Kubernetes
+client's own threads). Every request carries a deadline (``_request_timeout``), and the
+client's HTTP connection pool is as large as those threads. Errors are classified:
+404 -> NotFoundError, 5xx/429 and every transport error (urllib3's MaxRetryError,
+ProtocolError, ReadTimeoutError..., OSError) -> TemporaryError, 401/403/422 ->
 PermanentError with the server's message.
 """
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from kvmfleet.errors import NotFoundError, PermanentError, TemporaryError
@@ -32,7 +36,11 @@ def classified(what: str) -> Iterator[None]:
         if error.status in (429,) or (error.status or 0) >= 500:
             raise TemporaryError(message, reason="ApiUnavailable") from error
         raise PermanentError(message, reason="ApiRefused") from error
-    except (OSError, kubernetes.client.exceptions.OpenApiException) as error:
+    except (
+        OSError,
+        urllib3.exceptions.HTTPError,
+        kubernetes.client.exceptions.OpenApiException,
+    ) as error:
         raise TemporaryError(f"{what}: {error}", reason="ApiUnavailable") from error
 
 
@@ -42,23 +50,44 @@ class KubeApi:
 
     core: Any
     custom: Any
+    timeout: float = 30.0
+    """Seconds one request may take (connect and read), passed as ``_request_timeout``."""
+    api: Any = None
+    """The ApiClient (for other API groups, e.g. coordination.k8s.io Leases)."""
 
     @classmethod
-    def connect(cls) -> KubeApi:
-        """Use in-cluster credentials when present, else the current kubeconfig."""
+    def connect(cls, timeout: float = 30.0, connections: int = 8) -> KubeApi:
+        """Use in-cluster credentials when present, else the current kubeconfig.
+
+        ``connections`` sizes the HTTP connection pool (one per calling thread).
+        """
+        configuration = kubernetes.client.Configuration()
         try:
-            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-        api = kubernetes.client.ApiClient()
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        configuration.connection_pool_maxsize = max(1, connections)
+        configuration.retries = 0  # a failed request is a TemporaryError; callers retry
+        api = kubernetes.client.ApiClient(configuration)
         return cls(
-            core=kubernetes.client.CoreV1Api(api), custom=kubernetes.client.CustomObjectsApi(api)
+            core=kubernetes.client.CoreV1Api(api),
+            custom=kubernetes.client.CustomObjectsApi(api),
+            timeout=timeout,
+            api=api,
         )
+
+    @property
+    def _t(self) -> dict[str, Any]:
+        return {"_request_timeout": self.timeout}
 
     def read_secret_value(self, namespace: str, name: str, key: str) -> bytes:
         """One value of a Secret, decoded. Never logged."""
         with classified(f"reading Secret {namespace}/{name}"):
-            secret = self.core.read_namespaced_secret(name, namespace)
+            secret = self.core.read_namespaced_secret(name, namespace, **self._t)
         data = secret.data or {}
         if key not in data:
             raise PermanentError(
@@ -70,7 +99,7 @@ class KubeApi:
         """Every object of a kvmfleet kind, in all namespaces (with those labels if given)."""
         with classified(f"listing {plural}"):
             result = self.custom.list_cluster_custom_object(
-                GROUP, VERSION, plural, label_selector=label_selector
+                GROUP, VERSION, plural, label_selector=label_selector, **self._t
             )
         items: list[dict[str, Any]] = result.get("items", [])
         return items
@@ -79,10 +108,10 @@ class KubeApi:
         """One kvmfleet object (namespace None: a cluster-scoped kind)."""
         with classified(f"reading {plural} {namespace + '/' if namespace else ''}{name}"):
             if namespace is None:
-                obj = self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name)
+                obj = self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name, **self._t)
             else:
                 obj = self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, name
+                    GROUP, VERSION, namespace, plural, name, **self._t
                 )
         result: dict[str, Any] = obj
         return result
@@ -94,10 +123,12 @@ class KubeApi:
         body = {"status": status}
         with classified(f"patching the status of {plural} {name}"):
             if namespace is None:
-                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body)
+                self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, plural, name, body, **self._t
+                )
             else:
                 self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural, name, body
+                    GROUP, VERSION, namespace, plural, name, body, **self._t
                 )
 
     def patch_labels(
@@ -107,14 +138,14 @@ class KubeApi:
         body = {"metadata": {"labels": labels}}
         with classified(f"labelling {plural} {namespace}/{name}"):
             self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, body
+                GROUP, VERSION, namespace, plural, name, body, **self._t
             )
 
     def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """All values of a Secret, decoded; None when it does not exist."""
         try:
             with classified(f"reading Secret {namespace}/{name}"):
-                secret = self.core.read_namespaced_secret(name, namespace)
+                secret = self.core.read_namespaced_secret(name, namespace, **self._t)
         except NotFoundError:
             return None
         return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
@@ -137,13 +168,14 @@ class KubeApi:
         }
         with classified(f"writing Secret {namespace}/{name}"):
             try:
-                self.core.create_namespaced_secret(namespace, body)
+                self.core.create_namespaced_secret(namespace, body, **self._t)
             except ApiException as error:
                 if error.status != 409:
                     raise
-                self.core.replace_namespaced_secret(name, namespace, body)
+                self.core.replace_namespaced_secret(name, namespace, body, **self._t)
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Any other client call, with errors classified."""
+        """Any other client call, with errors classified and the request deadline."""
+        kwargs.setdefault("_request_timeout", self.timeout)
         with classified(what):
             return fn(*args, **kwargs)

@@ -26,6 +26,12 @@ keyfile=<dir>/id``. docs/security.md explains the choice.
 The directory is removed when the connection is closed. Paths appear in URIs and logs;
 file contents never do. All calls block (callers run them in threads); a
 :class:`LibvirtConnection` may be shared by threads.
+
+Deadlines: libvirt's default event loop implementation runs in one daemon thread
+(:func:`start_event_loop`, before the first connection), so every connection gets client
+keepalive (``setKeepAlive``): a libvirtd that stops answering (hung, SIGSTOPped, its link
+gone) is disconnected after ``interval * count`` seconds and every call waiting on it
+fails (temporary) instead of blocking forever. The caller adds a per-call deadline.
 """
 
 from __future__ import annotations
@@ -86,6 +92,8 @@ _OVERRIDDEN_PARAMETERS = frozenset(
 
 _error_handler_lock = threading.Lock()
 _error_handler_installed = False
+_event_loop_lock = threading.Lock()
+_event_loop_thread: threading.Thread | None = None
 
 
 def quiet_libvirt() -> None:
@@ -95,6 +103,37 @@ def quiet_libvirt() -> None:
         if not _error_handler_installed:
             libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
             _error_handler_installed = True
+
+
+def _run_event_loop() -> None:
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except libvirt.libvirtError as error:  # pragma: no cover - logged, the loop goes on
+            log.warning("libvirt event loop: %s", error)
+
+
+def start_event_loop() -> None:
+    """Register libvirt's default event loop and run it in a daemon thread (once per
+    process). Keepalive needs it; it must run before the first connection is opened."""
+    global _event_loop_thread  # noqa: PLW0603 - one process-wide libvirt event loop
+    with _event_loop_lock:
+        if _event_loop_thread is not None:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        _event_loop_thread = threading.Thread(
+            target=_run_event_loop, name="libvirt-events", daemon=True
+        )
+        _event_loop_thread.start()
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """Client keepalive of libvirt connections: a message every ``interval`` seconds; after
+    ``count`` unanswered ones the connection is closed (interval 0: no keepalive)."""
+
+    interval: int = 5
+    count: int = 3
 
 
 # --- where private files live -----------------------------------------------------------------
@@ -359,13 +398,22 @@ class LibvirtConnection:
         return f"LibvirtConnection({self.label!r}, {'closed' if self._closed else 'open'})"
 
 
-def open_connection(target: LibvirtTarget, runtime_dir: Path | None = None) -> LibvirtConnection:
+def open_connection(
+    target: LibvirtTarget,
+    runtime_dir: Path | None = None,
+    keepalive: Keepalive | None = Keepalive(),
+) -> LibvirtConnection:
     """Open a connection to ``target`` with its host key pinned; classified errors.
+
+    With ``keepalive`` (the default) the event loop is started and the connection gets
+    client keepalive, so a libvirtd that stops answering ends it.
 
     A refused host key raises LibvirtHostKeyError (permanent), a refused SSH key
     LibvirtAuthError (permanent), an unreachable host LibvirtUnavailableError (temporary).
     """
     quiet_libvirt()
+    if keepalive is not None and keepalive.interval > 0:
+        start_event_loop()
     if target.scheme == "qemu+libssh":
         log.warning(
             "libvirt %s: the libssh transport of libvirt 9.0 stalls ~30 s on large replies; "
@@ -393,6 +441,11 @@ def open_connection(target: LibvirtTarget, runtime_dir: Path | None = None) -> L
     finally:
         # ssh / libssh read the key while connecting only: do not keep it on disk.
         (workdir / "id").unlink(missing_ok=True)
+    if keepalive is not None and keepalive.interval > 0:
+        try:
+            conn.setKeepAlive(keepalive.interval, keepalive.count)
+        except libvirt.libvirtError as error:
+            log.warning("libvirt %s: no keepalive: %s", target.label, error)
     return LibvirtConnection(conn, target.label, workdir)
 
 
