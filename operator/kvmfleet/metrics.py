@@ -17,11 +17,20 @@ counters, `_seconds` for durations, `_bytes` for sizes). Exported on :8080/metri
 | kvmfleet_vm_operations_total | counter | operation, result | create, start, stop, reboot, reset, delete, migrate... |
 | kvmfleet_vm_operation_duration_seconds | histogram | operation | duration of such operations |
 | kvmfleet_ssh_commands_total | counter | host, result | remote commands run over SSH |
+| kvmfleet_ssh_commands_waiting | gauge | target | commands queued for a free SSH channel (the backlog) |
+| kvmfleet_ssh_channels_in_use | gauge | target | SSH channels (commands) open to the host |
+| kvmfleet_ssh_connections | gauge | target | SSH connections open to the host for commands |
+| kvmfleet_operations_in_flight | gauge | where | blocking calls in flight (queued or running) per host, `kubernetes`, or `` |
+| kvmfleet_operation_oldest_age_seconds | gauge | where | age of the oldest of them |
+| kvmfleet_leader | gauge | | 1 while this process holds the leader Lease (or runs without election) |
+
+`target` is the host's SSH address:port; `where` is a KvmHost name.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -105,7 +114,58 @@ SSH_COMMANDS = Counter(
     registry=REGISTRY,
 )
 
+SSH_WAITING = Gauge(
+    "kvmfleet_ssh_commands_waiting",
+    "Commands queued for a free SSH channel.",
+    ["target"],
+    registry=REGISTRY,
+)
+SSH_CHANNELS = Gauge(
+    "kvmfleet_ssh_channels_in_use",
+    "SSH channels (commands) open to the host.",
+    ["target"],
+    registry=REGISTRY,
+)
+SSH_CONNECTIONS = Gauge(
+    "kvmfleet_ssh_connections",
+    "SSH connections open to the host for commands.",
+    ["target"],
+    registry=REGISTRY,
+)
+IN_FLIGHT = Gauge(
+    "kvmfleet_operations_in_flight",
+    "Blocking calls in flight (queued or running), per host.",
+    ["where"],
+    registry=REGISTRY,
+)
+OLDEST_AGE = Gauge(
+    "kvmfleet_operation_oldest_age_seconds",
+    "Age of the oldest blocking call in flight, per host.",
+    ["where"],
+    registry=REGISTRY,
+)
+LEADER = Gauge(
+    "kvmfleet_leader",
+    "1 while this process is the active operator.",
+    registry=REGISTRY,
+)
+
 POWER_STATES = ("On", "Off", "Paused", "Crashed", "Unknown")
+
+
+def set_ssh_backlog(target: str, waiting: int, channels: int, connections: int) -> None:
+    """Record an SSH target's queue, channels in use and connections."""
+    SSH_WAITING.labels(target).set(waiting)
+    SSH_CHANNELS.labels(target).set(channels)
+    SSH_CONNECTIONS.labels(target).set(connections)
+
+
+def track_in_flight(
+    where: str, count: Callable[[str], int], oldest_age: Callable[[str], float]
+) -> None:
+    """Export the in-flight calls of ``where``, read when scraped."""
+    IN_FLIGHT.labels(where).set_function(lambda: count(where))
+    OLDEST_AGE.labels(where).set_function(lambda: oldest_age(where))
 
 
 def set_ready(kind: str, namespace: str, name: str, ready: bool) -> None:
@@ -129,7 +189,11 @@ def set_power_state(namespace: str, name: str, state: str) -> None:
         VM_POWER_STATE.labels(namespace, name, candidate).set(1 if candidate == state else 0)
 
 
+_serving: set[tuple[int, str]] = set()
+
+
 def serve(port: int, address: str) -> None:
-    """Start the /metrics HTTP endpoint in a background thread."""
-    if port:
+    """Start the /metrics HTTP endpoint in a background thread (once per port)."""
+    if port and (port, address) not in _serving:
         start_http_server(port, addr=address, registry=REGISTRY)
+        _serving.add((port, address))

@@ -50,7 +50,67 @@ class Settings:
     """Where hosts mount NFS storage pools in nfsAccess Mount mode."""
 
     max_workers: int = 32
-    """Threads for blocking libvirt/SSH calls (work for many VMs and hosts runs concurrently)."""
+    """Kopf's handler threads and the shared pool for blocking calls tied to no host."""
+
+    host_workers: int = 16
+    """Threads for blocking SSH/libvirt calls, per host: a hung host holds only its own."""
+
+    kube_workers: int = 8
+    """Threads (and HTTP connections) for Kubernetes API calls, apart from host work."""
+
+    ssh_max_channels_per_connection: int = 8
+    """Commands at once on one SSH connection; keep it below the hosts' sshd MaxSessions
+    (stock: 10). Beyond it commands queue."""
+
+    ssh_max_connections_per_host: int = 2
+    """SSH connections per host for commands (libvirt adds one); connections are opened
+    one at a time, so a stock sshd's MaxStartups (10:30:100) never drops one."""
+
+    ssh_queue_timeout: float = 300.0
+    """Seconds a command may wait for a free SSH channel before it fails (temporary)."""
+
+    ssh_kill_grace: float = 5.0
+    """Seconds between TERM and KILL for a remote command past its deadline."""
+
+    ssh_max_output_bytes: int = 16 * 1024 * 1024
+    """Output (stdout + stderr) kept of one remote command; beyond it the command stops."""
+
+    libvirt_keepalive_interval: int = 5
+    """Seconds between libvirt keepalive messages; a libvirtd that misses
+    libvirt_keepalive_count of them in a row is disconnected (0: no keepalive)."""
+
+    libvirt_keepalive_count: int = 3
+    """Unanswered keepalive messages after which a libvirt connection is closed."""
+
+    libvirt_call_timeout: float = 120.0
+    """Deadline of one blocking libvirt call (the caller stops waiting; temporary)."""
+
+    kube_request_timeout: float = 30.0
+    """Deadline of one Kubernetes API request made by kvmfleet's own client."""
+
+    watch_silence_limit: float = 600.0
+    """/healthz fails when objects exist but no handler ran for this many seconds."""
+
+    stuck_grace: float = 60.0
+    """/healthz fails when a blocking call runs this long past its deadline."""
+
+    leader_election: bool = False
+    """Run only while holding a coordination.k8s.io Lease (active/standby replicas)."""
+
+    leader_election_namespace: str = ""
+    """Namespace of the Lease; empty: $POD_NAMESPACE, else "default"."""
+
+    leader_election_name: str = "kvmfleet-operator"
+    """Name of the Lease."""
+
+    lease_duration: float = 15.0
+    """Seconds a Lease stays valid without renewal (the standby's takeover bound)."""
+
+    lease_renew_deadline: float = 10.0
+    """Seconds the leader keeps trying to renew before it stops (must be < lease_duration)."""
+
+    lease_retry_period: float = 2.0
+    """Seconds between two renewals, and between two attempts of a standby."""
 
     verbose: bool = False
     """Log at DEBUG level."""

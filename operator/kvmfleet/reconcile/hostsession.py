@@ -1,4 +1,8 @@
-"""One probe's access to a host: the SSH session and the libvirt connection, both off the loop."""
+"""One probe's access to a host: the SSH connections and the libvirt connection, off the loop.
+
+Every call runs on the host's own threads (see :mod:`kvmfleet.reconcile.context`):
+:func:`connect` marks the task as working on that host (``CURRENT_HOST``).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,10 @@ from dataclasses import dataclass
 from kvmfleet import metrics
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
 from kvmfleet.errors import KvmfleetError
-from kvmfleet.reconcile.context import Context
+from kvmfleet.reconcile.context import CURRENT_HOST, Context
 from kvmfleet.ssh.errors import HostUnreachableError
 from kvmfleet.ssh.hostkeys import HostKeyCheck
-from kvmfleet.ssh.reachability import check_banner
-from kvmfleet.ssh.session import CommandResult, SshCredentials, SshSession, SshTarget
+from kvmfleet.ssh.session import CommandResult, SshCredentials, SshHost, SshTarget
 from kvmfleet.virt.connection import LibvirtConnection, LibvirtTarget
 
 
@@ -24,7 +27,7 @@ class HostSession:
     name: str
     spec: KvmHostSpec
     credentials: SshCredentials
-    session: SshSession
+    session: SshHost
 
     async def run(
         self,
@@ -34,11 +37,14 @@ class HostSession:
         check: bool = True,
         limit: float | None = None,
     ) -> CommandResult:
-        """Run one argument list on the host (quoted once by the SSH adapter)."""
+        """Run one argument list on the host (quoted once by the SSH adapter); it is killed
+        on the host after ``limit`` seconds. Waiting for a free channel comes on top."""
         limit = self.ctx.settings.ssh_command_timeout if limit is None else limit
+        settings = self.ctx.settings
+        deadline = limit + settings.ssh_kill_grace + 10 + settings.ssh_queue_timeout
         try:
-            result = await self.ctx.blocking(
-                self.session.run, argv, timeout=limit, input=input, check=check
+            result = await self.ctx.on_host(
+                self.name, deadline, self.session.run, argv, timeout=limit, input=input, check=check
             )
         except KvmfleetError:
             metrics.SSH_COMMANDS.labels(self.name, "error").inc()
@@ -73,16 +79,17 @@ async def connect(
     ctx: Context, name: str, spec: KvmHostSpec, recorded_host_key: str | None
 ) -> HostSession:
     """Read the key Secret and open (or reuse) the SSH session; errors stay classified."""
+    CURRENT_HOST.set(name)
     ref = spec.ssh_key_secret_ref
     key = await ctx.blocking(ctx.kube.read_secret_value, ref.namespace, ref.name, ref.key)
     credentials = SshCredentials(key)
     target = SshTarget(spec.address, spec.port, spec.user)
     try:
-        await ctx.blocking(check_banner, target, ctx.settings.ssh_connect_timeout)
+        await ctx.blocking(ctx.banners.check, target, ctx.settings.ssh_connect_timeout)
     except HostUnreachableError:
         # Pooled sessions may outlive sshd; drop them so nothing stale is used later.
         await ctx.blocking(ctx.ssh.invalidate, target)
         raise
     check = host_key_check(spec, recorded_host_key)
-    session = await ctx.blocking(ctx.ssh.session, target, credentials, check)
+    session = await ctx.blocking(ctx.ssh.host, target, credentials, check)
     return HostSession(ctx, name, spec, credentials, session)

@@ -2,8 +2,9 @@
 
 The decision (host and MACs) is written to status right away, so an operator killed at
 any later line finds it again and never creates a second copy elsewhere. Placement and
-MAC allocation for all VMs are serialised by one lock; the in-memory reservations cover
-the moment between a decision and the API server showing it in a list.
+MAC allocation for all VMs are serialised by one lock, held only while deciding (no I/O
+under it): the lists are read before, the decision is persisted after; the in-memory
+reservations cover the moment between a decision and the API server showing it in a list.
 """
 
 from __future__ import annotations
@@ -93,34 +94,38 @@ async def ensure_placed(ctx: Context, node: Resource, spec: VirtualNodeSpec) -> 
     host = node.status.get("host")
     if host and len(status_nics) == len(spec.nics):
         return Placement(str(host), tuple(str(n["mac"]) for n in status_nics))
-    async with ctx.lock("placement"):
-        nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
+    nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
+    hosts = [] if host else await ctx.blocking(ctx.kube.list_cluster_objects, "kvmhosts")
+    async with ctx.lock("placement"):  # decide only: reservations cover newer decisions
         if not host:
-            host = await _choose(ctx, node, spec, nodes)
+            host = _choose(ctx, node, spec, nodes, hosts)
         macs = _allocate_macs(ctx, node, spec, nodes, status_nics)
-        nics = [
-            {"bridge": nic.bridge, "model": str(nic.model), "mac": mac}
-            for nic, mac in zip(spec.nics, macs, strict=True)
-        ]
         ctx.reservations[node.uid] = (host, requests_of({"spec": dict(node.spec)}), set(macs))
-        assert node.namespace is not None
-        await ctx.blocking(
-            ctx.kube.patch_status,
-            "virtualnodes",
-            node.name,
-            node.namespace,
-            {"host": host, "nics": nics},
-        )
-        await ctx.blocking(
-            ctx.kube.patch_labels, "virtualnodes", node.name, node.namespace, {HOST_LABEL: host}
-        )
+    nics = [
+        {"bridge": nic.bridge, "model": str(nic.model), "mac": mac}
+        for nic, mac in zip(spec.nics, macs, strict=True)
+    ]
+    assert node.namespace is not None
+    await ctx.blocking(
+        ctx.kube.patch_status,
+        "virtualnodes",
+        node.name,
+        node.namespace,
+        {"host": host, "nics": nics},
+    )
+    await ctx.blocking(
+        ctx.kube.patch_labels, "virtualnodes", node.name, node.namespace, {HOST_LABEL: host}
+    )
     return Placement(host, tuple(macs))
 
 
-async def _choose(
-    ctx: Context, node: Resource, spec: VirtualNodeSpec, nodes: Sequence[Mapping[str, Any]]
+def _choose(
+    ctx: Context,
+    node: Resource,
+    spec: VirtualNodeSpec,
+    nodes: Sequence[Mapping[str, Any]],
+    hosts: Sequence[Mapping[str, Any]],
 ) -> str:
-    hosts = await ctx.blocking(ctx.kube.list_cluster_objects, "kvmhosts")
     used: dict[str, Resources] = {}
     seen: set[str] = set()
     for other in nodes:
