@@ -31,39 +31,35 @@ def _parser() -> argparse.ArgumentParser:
         help="watch VirtualNodes/VmMasters only in this namespace (repeatable; default: all)",
     )
     run.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 8080)")
-    run.add_argument("--health-port", type=int, help="liveness /healthz port (default 8081)")
+    run.add_argument(
+        "--health-port", type=int, help="/healthz (liveness) and /readyz port (default 8081)"
+    )
     run.add_argument("--bind-address", help="address of both endpoints (default 0.0.0.0)")
     run.add_argument(
         "--host-probe-interval", type=float, help="seconds between KvmHost probes (default 60)"
+    )
+    run.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=None,
+        dest="leader_election",
+        help="act only while holding the leader Lease (active/standby replicas)",
     )
     run.add_argument("-v", "--verbose", action="store_true", default=None, help="debug logging")
     sub.add_parser("version", help="print the version")
     return parser
 
 
-def run_operator(settings: Settings) -> None:
-    """Start Kopf with kvmfleet's handlers; returns when the operator stops."""
+def run_operator(settings: Settings) -> int:
+    """Start Kopf with kvmfleet's handlers (after the leader Lease when leader election is
+    on); returns the exit status when the operator stops."""
     import kopf
 
-    import kvmfleet.handlers  # noqa: F401  (registers the handlers)
+    from kvmfleet.handlers import runtime  # also registers the handlers
     from kvmfleet.reconcile.context import Context
 
     kopf.configure(verbose=settings.verbose, log_format=kopf.LogFormat.FULL)
-    liveness = (
-        f"http://{settings.bind_address}:{settings.health_port}/healthz"
-        if settings.health_port
-        else None
-    )
-    memo = kopf.Memo(ctx=Context.create(settings))
-    asyncio.run(
-        kopf.operator(
-            clusterwide=not settings.namespaces,
-            namespaces=list(settings.namespaces),
-            liveness_endpoint=liveness,
-            standalone=True,
-            memo=memo,
-        )
-    )
+    return asyncio.run(runtime.main(settings, Context.create(settings)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,14 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         health_port=args.health_port,
         bind_address=args.bind_address,
         host_probe_interval=args.host_probe_interval,
+        leader_election=args.leader_election,
         verbose=args.verbose,
     )
     logging.basicConfig(level=logging.DEBUG if settings.verbose else logging.INFO)
     try:
-        run_operator(settings)
+        return run_operator(settings)
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

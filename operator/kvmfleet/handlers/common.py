@@ -12,6 +12,7 @@ import kopf
 from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
 from kvmfleet.errors import KvmfleetError, PermanentError, TemporaryError
+from kvmfleet.reconcile.context import CURRENT_HOST, Context
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.status import is_ready, status_patch
 
@@ -41,6 +42,11 @@ async def run(
 ) -> None:
     """Run one use-case and apply what it produced; requeue through kopf.TemporaryError."""
     started = time.monotonic()
+    ctx = _context(body)
+    key = f"{kind}/{body.metadata.namespace or ''}/{body.metadata.name}"
+    if ctx is not None:
+        ctx.activity.touch(key)
+    host = CURRENT_HOST.set(None)  # the use-case names its host when it connects to one
     try:
         outcome = await usecase()
         result = "requeue" if outcome.requeue_after else "success"
@@ -49,7 +55,12 @@ async def run(
     except KvmfleetError as error:
         outcome, result = outcome_for_error(error), "temporary"
     finally:
+        CURRENT_HOST.reset(host)
+        if ctx is not None:
+            ctx.activity.touch(key)
         metrics.RECONCILE_DURATION.labels(kind).observe(time.monotonic() - started)
+    if ctx is not None and result == "success" and body.metadata.get("deletionTimestamp"):
+        ctx.activity.forget(key)  # removed: the finalizer goes with this patch
     if outcome.conditions or outcome.status or outcome.events or result != "success":
         metrics.RECONCILE_TOTAL.labels(kind, result).inc()  # not the timer ticks that did nothing
     apply(kind, body, patch, outcome, logger)
@@ -57,6 +68,26 @@ async def run(
         raise kopf.TemporaryError(
             outcome.retry_message or "still reconciling", delay=outcome.requeue_after
         )
+
+
+_CONTEXT: list[Context] = []
+"""The process's Context, registered at start-up (handlers get it from Kopf's memo)."""
+
+
+def register(ctx: Context) -> None:
+    """Make ``ctx`` the one whose activity :func:`run` records."""
+    _CONTEXT[:] = [ctx]
+
+
+def _context(body: kopf.Body) -> Context | None:
+    return _CONTEXT[0] if _CONTEXT else None
+
+
+def forget(kind: str, body: kopf.Body) -> None:
+    """The object is gone: it no longer counts for the liveness check."""
+    if _CONTEXT:
+        name = f"{kind}/{body.metadata.namespace or ''}/{body.metadata.name}"
+        _CONTEXT[0].activity.forget(name)
 
 
 def only_own_labels(diff: Any) -> bool:

@@ -43,4 +43,5 @@ async def release(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
     """Forget the host: close its connections and drop its metrics."""
     ctx: Context = memo["ctx"]
     await hosts.release(ctx, Resource.from_body(body))
+    common.forget(KIND, body)
     logger.info("KvmHost %s released", body.metadata.name)

@@ -1,4 +1,4 @@
-"""Operator start-up: Kopf settings, the metrics endpoint, and the liveness probe."""
+"""Operator start-up: Kopf settings and the metrics endpoint (health: handlers/runtime.py)."""
 
 from __future__ import annotations
 
@@ -49,9 +49,3 @@ async def shutdown(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     if "ctx" in memo:
         await memo["ctx"].close()
     logger.info("kvmfleet stopped")
-
-
-@kopf.on.probe(id="version")
-def version(**_: Any) -> str:
-    """Reported by the liveness endpoint."""
-    return __version__
