@@ -161,7 +161,9 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def container_env(deployment: dict[str, Any]) -> dict[str, str]:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e.get("value", "") for e in container["env"]}
+    return {
+        e["name"]: e.get("value", "") for e in container["env"] if not e["name"].startswith("POD_")
+    }
 
 
 # --- lint and rendering ------------------------------------------------------------------------
@@ -187,6 +189,8 @@ def test_defaults_render_the_operator_and_its_cluster_wide_rbac(helm: str) -> No
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -218,12 +222,18 @@ def test_deployment_defaults(helm: str) -> None:
         "KVMFLEET_METRICS_PORT": "8080",
         "KVMFLEET_HEALTH_PORT": "8081",
         "KVMFLEET_VERBOSE": "false",
+        "KVMFLEET_LEADER_ELECTION": "true",
+        "KVMFLEET_LEADER_ELECTION_NAME": RELEASE,  # the full name
+        "KVMFLEET_LEASE_DURATION": "15",
+        "KVMFLEET_LEASE_RENEW_DEADLINE": "10",
+        "KVMFLEET_LEASE_RETRY_PERIOD": "2",
+        "KVMFLEET_LEADER_ELECTION_NAMESPACE": "",  # valueFrom: the pod's namespace
         "KVMFLEET_RUNTIME_DIR": "/run/kvmfleet/private",
     }
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
 
     pod_security = pod["securityContext"]
     assert pod_security["runAsNonRoot"] is True
@@ -273,6 +283,8 @@ def test_every_optional_feature_renders(helm: str) -> None:
         "ConfigMap",
         "Deployment",
         "PrometheusRule",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
         "ServiceMonitor",
@@ -327,6 +339,9 @@ def test_watch_namespaces_renders_roles_per_namespace(helm: str) -> None:
     docs = render(helm, WATCHED)
     env = container_env(one(docs, "Deployment"))
     assert env["KVMFLEET_NAMESPACES"] == "lab,hpc"
+    election = [d for d in docs if d["metadata"]["name"].endswith("-leader-election")]
+    assert {d["kind"] for d in election} == {"Role", "RoleBinding"}
+    docs = [d for d in docs if d not in election]
     roles = {doc["metadata"]["namespace"]: doc for doc in by_kind(docs, "Role")}
     bindings = {doc["metadata"]["namespace"]: doc for doc in by_kind(docs, "RoleBinding")}
     assert set(roles) == set(bindings) == {"lab", "hpc", NAMESPACE, "keys", "default"}
@@ -402,7 +417,9 @@ def test_notes_tell_the_next_steps(helm: str) -> None:
     ("values", "complaint"),
     [
         ({"replicas": "two"}, "/replicas"),
-        ({"replicas": 2}, "/replicas"),
+        ({"replicas": 3}, "/replicas"),
+        ({"leaderElection": {"leaseDuration": "15s"}}, "/leaderElection/leaseDuration"),
+        ({"leaderElection": {"renewDeadline": 20}}, "retryPeriod < renewDeadline < leaseDuration"),
         ({"replicas": -1}, "/replicas"),
         ({"replica": 1}, "replica"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
@@ -555,7 +572,7 @@ def test_cluster_wide_rbac_matches_the_design(helm: str) -> None:
     }
 
 
-@pytest.mark.parametrize("name", ["clusterrole.yaml", "role.yaml"])
+@pytest.mark.parametrize("name", ["clusterrole.yaml", "role.yaml", "leader-election-role.yaml"])
 def test_every_rbac_rule_says_why(name: str) -> None:
     lines = (CHART / "templates" / name).read_text().splitlines()
     rules = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
