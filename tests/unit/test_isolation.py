@@ -125,3 +125,12 @@ def test_in_flight_ages_per_place() -> None:
     assert in_flight.count(KUBE) == 2 and in_flight.oldest_age(KUBE) == 5
     in_flight.end(first)
     assert in_flight.oldest_age(KUBE) == 0 and in_flight.count("h") == 1
+
+
+async def test_the_deadline_counts_from_when_a_thread_runs_the_call() -> None:
+    ctx = make_context(host_workers=1, libvirt_call_timeout=0.3)
+    CURRENT_HOST.set("busy")
+    # Each call runs 0.15 s, well within 0.3 s; the last waits 0.3 s for the one thread.
+    results = await asyncio.gather(*(ctx.blocking(time.sleep, 0.15) for _ in range(3)))
+    assert results == [None, None, None]
+    await ctx.close()

@@ -22,7 +22,7 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from kvmfleet import metrics
 from kvmfleet.domain.allocation import Resources
@@ -160,11 +160,22 @@ class Context:
     ) -> T:
         loop = asyncio.get_running_loop()
         token = self.in_flight.start(where, what, limit)
-        future = loop.run_in_executor(pool, call)
+        started: asyncio.Future[Any] = loop.create_future()
+
+        def running() -> T:
+            self.in_flight.running(token)
+            loop.call_soon_threadsafe(_resolve, started)
+            return call()
+
+        future = loop.run_in_executor(pool, running)
         # The record ends when the thread comes back, not when the caller gives up.
         future.add_done_callback(lambda _f: self.in_flight.end(token))
+        result: asyncio.Future[Any] = asyncio.shield(future)
+        # The deadline counts from the moment a thread of its pool runs the call: waiting
+        # behind the host's other calls is bounded by their deadlines.
+        await asyncio.wait([started, result], return_when=asyncio.FIRST_COMPLETED)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout=limit)
+            return cast(T, await asyncio.wait_for(result, timeout=limit))
         except TimeoutError:
             raise CallTimeoutError(
                 f"{what} on {where or 'the operator'} did not return within {limit:g}s",
@@ -183,3 +194,8 @@ class Context:
 
 def _name(fn: Callable[..., object]) -> str:
     return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "call")
+
+
+def _resolve(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 Clock = Callable[[], float]
 
@@ -28,12 +28,15 @@ ANY = ""
 
 @dataclass(frozen=True)
 class Call:
-    """One blocking call in flight."""
+    """One blocking call in flight: queued (no deadline yet) or running."""
 
     where: str
     what: str
     started: float
-    deadline: float
+    """When it was submitted."""
+    limit: float
+    deadline: float = float("inf")
+    """When it started running + its limit (infinite while it waits for a thread)."""
 
 
 class InFlight:
@@ -46,12 +49,21 @@ class InFlight:
         self._calls: dict[int, Call] = {}
 
     def start(self, where: str, what: str, limit: float) -> int:
-        """Record a call that may take ``limit`` seconds; returns its token."""
+        """Record a call submitted to a thread pool, that may run ``limit`` seconds once a
+        thread has it; returns its token."""
         now = self.clock()
         token = next(self._ids)
         with self._lock:
-            self._calls[token] = Call(where, what, now, now + limit)
+            self._calls[token] = Call(where, what, now, limit)
         return token
+
+    def running(self, token: int) -> None:
+        """The call got its thread: its deadline starts now."""
+        now = self.clock()
+        with self._lock:
+            call = self._calls.get(token)
+            if call is not None:
+                self._calls[token] = replace(call, deadline=now + call.limit)
 
     def end(self, token: int) -> None:
         """The call returned (or its caller stopped waiting and the thread came back)."""
