@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from kvmfleet.domain.validation import validate_host_address, validate_port, validate_user_name
-from kvmfleet.errors import KvmfleetError
+from kvmfleet.errors import TemporaryError
 from kvmfleet.ssh.errors import (
     AuthenticationError,
     ChannelRefusedError,
@@ -743,16 +743,17 @@ class SshHost:
                 session = self._factory(
                     self.target, self.credentials, self._check_for_new(), self.options
                 )
-            except KvmfleetError:
+            except BaseException as error:
                 with self._cond:
                     self._connecting -= 1
                     others = any(s.session.is_active() for s in self._slots)
-                    if others:
+                    wait = others and isinstance(error, TemporaryError)
+                    if wait:
                         self._connect_backoff_until = time.monotonic() + 10.0
                     self._cond.notify_all()
-                if not others:
+                if not wait:
                     raise
-                continue  # wait for the connections that are up
+                continue  # e.g. sshd's MaxStartups: wait for the connections that are up
             with self._cond:
                 self._connecting -= 1
                 if self._closed:
