@@ -83,6 +83,8 @@ _STAGE: dict[HostRejection, PlacementReason] = {
     HostRejection.INSUFFICIENT_CPU_AND_MEMORY: PlacementReason.INSUFFICIENT_CAPACITY,
 }
 _STAGE_ORDER = list(PlacementReason)
+_EXPLAINED = frozenset({HostRejection.NOT_ALLOWED, HostRejection.INSUFFICIENT_STORAGE})
+"""Rejections whose detail the message of a failed placement repeats (it says what to fix)."""
 
 
 @dataclass(frozen=True)
@@ -292,7 +294,11 @@ def choose_host(request: PlacementRequest, hosts: Sequence[HostSnapshot]) -> Pla
             reason=PlacementReason.NO_READY_HOST,
             message="0/0 hosts available: no KvmHost exists.",
         )
-    furthest = max(rejected.values(), key=lambda r: _STAGE_ORDER.index(_STAGE[r.code]))
+    name, furthest = max(
+        rejected.items(), key=lambda item: _STAGE_ORDER.index(_STAGE[item[1].code])
+    )
+    if furthest.code in _EXPLAINED:
+        summary = f"{summary} {name}: {furthest.detail}"
     return PlacementDecision(
         host=None, reason=_STAGE[furthest.code], message=summary, rejected=rejected
     )

@@ -328,6 +328,7 @@ def test_not_allowed_everywhere_is_the_reason_of_the_decision() -> None:
     assert decision.host is None
     assert decision.reason is PlacementReason.NOT_ALLOWED
     assert "2 bridge or storage not allowed" in decision.message
+    assert "phy:/dev/sda is not a block device KvmHost" in decision.message
 
 
 @pytest.mark.parametrize(
