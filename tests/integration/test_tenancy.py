@@ -397,7 +397,6 @@ def test_vnc_password_rotated_while_off_is_the_one_qemu_accepts(
     )
     after = _secret_password(cluster, ns, name)
     assert after != before
-    assert condition(cluster.json("get", "vn", name, "-n", ns), "ConsoleReady")["status"] == "True"
 
     patch_vn(cluster, ns, name, {"runStrategy": "Always"})
     obj = cluster.wait_for(
@@ -415,6 +414,7 @@ def test_vnc_password_rotated_while_off_is_the_one_qemu_accepts(
     assert _secret_password(cluster, ns, name) == after
     assert vnc_password_accepted(vnc["host"], vnc["port"], after)
     assert not vnc_password_accepted(vnc["host"], vnc["port"], before)
+    assert condition(obj, "ConsoleReady")["status"] == "True"
 
 
 def test_a_vnc_secret_that_is_not_the_vms_is_never_replaced(
