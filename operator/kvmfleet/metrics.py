@@ -13,6 +13,8 @@ counters, `_seconds` for durations, `_bytes` for sizes). Exported on :8080/metri
 | kvmfleet_host_cpus | gauge | host, kind | CPUs: kind=capacity, allocatable (with overcommit) or allocated |
 | kvmfleet_host_memory_bytes | gauge | host, kind | memory: capacity, allocatable or allocated |
 | kvmfleet_host_domains | gauge | host | libvirt domains defined on the host |
+| kvmfleet_storage_pool_capacity_bytes | gauge | host, pool | size of a storage pool (file systems and block devices; as measured by the probe) |
+| kvmfleet_storage_pool_available_bytes | gauge | host, pool | free space of a storage pool (exact, not rounded like status) |
 | kvmfleet_vm_power_state | gauge | namespace, name, state | 1 for the VM's observed power state |
 | kvmfleet_vm_operations_total | counter | operation, result | create, start, stop, reboot, reset, delete, migrate... |
 | kvmfleet_vm_operation_duration_seconds | histogram | operation | duration of such operations |
@@ -86,6 +88,18 @@ HOST_DOMAINS = Gauge(
     "kvmfleet_host_domains",
     "libvirt domains defined on the host.",
     ["host"],
+    registry=REGISTRY,
+)
+STORAGE_POOL_CAPACITY = Gauge(
+    "kvmfleet_storage_pool_capacity_bytes",
+    "Size of a host's storage pool.",
+    ["host", "pool"],
+    registry=REGISTRY,
+)
+STORAGE_POOL_AVAILABLE = Gauge(
+    "kvmfleet_storage_pool_available_bytes",
+    "Free space of a host's storage pool.",
+    ["host", "pool"],
     registry=REGISTRY,
 )
 VM_POWER_STATE = Gauge(
@@ -190,6 +204,25 @@ def set_power_state(namespace: str, name: str, state: str) -> None:
 
 
 _serving: set[tuple[int, str]] = set()
+
+
+def set_storage_pool(host: str, pool: str, capacity: int | None, available: int | None) -> None:
+    """Record a storage pool's size and free space (unknown values drop the series)."""
+    for gauge, value in ((STORAGE_POOL_CAPACITY, capacity), (STORAGE_POOL_AVAILABLE, available)):
+        if value is None:
+            with contextlib.suppress(KeyError):
+                gauge.remove(host, pool)
+        else:
+            gauge.labels(host, pool).set(value)
+
+
+def forget_storage_pools(host: str) -> None:
+    """Drop every storage pool series of a host (deleted, or its pools changed)."""
+    for gauge in (STORAGE_POOL_CAPACITY, STORAGE_POOL_AVAILABLE):
+        for labels in [s.labels for m in gauge.collect() for s in m.samples]:
+            if labels.get("host") == host:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(host, labels["pool"])
 
 
 def serve(port: int, address: str) -> None:

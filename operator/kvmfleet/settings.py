@@ -49,6 +49,10 @@ class Settings:
     mount_root: str = "/var/lib/kvmfleet/pools"
     """Where hosts mount NFS storage pools in nfsAccess Mount mode."""
 
+    storage_min_free_bytes: int = 1024**3
+    """Placement puts no new VM on a storage pool with less free space than this (bytes,
+    as the host probe last measured it, in whole GiB; 0 turns the check off)."""
+
     max_workers: int = 32
     """Kopf's handler threads and the shared pool for blocking calls tied to no host."""
 

@@ -462,7 +462,7 @@ def test_fifty_vms_spread_over_the_hosts_with_unique_macs(
             "bridge",
             {"hostRef": "kvmhost1", "nics": [{"bridge": "br9"}]},
             "Scheduled",
-            "HostMissingBridge",
+            "NotAllowed",  # not in the host's spec.bridges
             "br9",
         ),
         ("nohost", {"hostRef": "kvmhost9"}, "Scheduled", "HostNotFound", "kvmhost9"),

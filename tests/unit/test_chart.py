@@ -8,6 +8,7 @@ tests/integration/test_chart_rbac.py.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import json
@@ -358,18 +359,15 @@ def test_watch_namespaces_renders_roles_per_namespace(helm: str) -> None:
 
     for watched in ("lab", "hpc"):
         grants = grants_of(roles[watched])
-        assert grants[("kvmfleet.io", "virtualnodes")] == {"get", "list", "watch", "patch"}
-        assert grants[("kvmfleet.io", "vmmasters/status")] == {"get", "patch"}
-        assert grants[("", "secrets")] == {"get", "create", "update", "patch", "delete"}
-        assert grants[("", "events")] == {"create", "patch"}
+        assert grants[("kvmfleet.io", "virtualnodes")] == {"list", "watch", "patch"}
+        assert grants[("kvmfleet.io", "vmmasters/status")] == {"patch"}
+        assert grants[("", "secrets")] == {"get", "create", "update"}
+        assert grants[("", "events")] == {"create"}
     # The operator's own namespace and sshKeySecretNamespaces: SSH keys, read by name.
     assert grants_of(roles[NAMESPACE]) == {("", "secrets"): {"get"}}
     assert grants_of(roles["keys"]) == {("", "secrets"): {"get"}}
     # Kopf posts the Events of cluster-scoped KvmHosts in "default".
-    assert grants_of(roles["default"]) == {
-        ("", "events"): {"create", "patch"},
-        ("events.k8s.io", "events"): {"create", "patch"},
-    }
+    assert grants_of(roles["default"]) == {("", "events"): {"create"}}
 
     cluster = grants_of(one(docs, "ClusterRole"))
     assert ("", "secrets") not in cluster
@@ -559,17 +557,162 @@ def test_cluster_wide_rbac_matches_the_design(helm: str) -> None:
     grants = grants_of(one(render(helm), "ClusterRole"))
     assert grants == {
         ("kvmfleet.io", "kvmhosts"): {"get", "list", "watch", "patch"},
-        ("kvmfleet.io", "virtualnodes"): {"get", "list", "watch", "patch"},
-        ("kvmfleet.io", "vmmasters"): {"get", "list", "watch", "patch"},
-        ("kvmfleet.io", "kvmhosts/status"): {"get", "patch"},
-        ("kvmfleet.io", "virtualnodes/status"): {"get", "patch"},
-        ("kvmfleet.io", "vmmasters/status"): {"get", "patch"},
+        ("kvmfleet.io", "virtualnodes"): {"list", "watch", "patch"},
+        ("kvmfleet.io", "vmmasters"): {"list", "watch", "patch"},
+        ("kvmfleet.io", "kvmhosts/status"): {"patch"},
+        ("kvmfleet.io", "virtualnodes/status"): {"patch"},
+        ("kvmfleet.io", "vmmasters/status"): {"patch"},
         ("kvmfleet.io", "virtualnodes/finalizers"): {"update"},
-        ("", "secrets"): {"get", "create", "update", "patch", "delete"},
-        ("", "events"): {"create", "patch"},
-        ("events.k8s.io", "events"): {"create", "patch"},
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+        ("", "secrets"): {"get", "create", "update"},
+        ("", "events"): {"create"},
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     }
+
+
+# --- RBAC is exactly what the code uses ---------------------------------------------------------
+
+OPERATOR = ROOT / "operator" / "kvmfleet"
+CLIENT_VERBS = {
+    "read": "get",
+    "get": "get",
+    "list": "list",
+    "create": "create",
+    "replace": "update",
+    "patch": "patch",
+    "delete": "delete",
+}
+
+
+def _kube_calls() -> set[tuple[str, str | None, str]]:
+    """Every use of the operator's KubeApi in the code: (method, plural literal, where).
+
+    A use is ``<...>ctx.kube.<method>`` either called directly or handed to
+    ``ctx.blocking``; the kind it works on is the first string argument after it.
+    """
+    found: set[tuple[str, str | None, str]] = set()
+    for path in OPERATOR.rglob("*.py"):
+        if path.parent.name == "kube":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            candidates = [(node.func, node.args)]
+            if node.args:
+                candidates.append((node.args[0], node.args[1:]))
+            for func, rest in candidates:
+                if not (
+                    isinstance(func, ast.Attribute)
+                    and isinstance(func.value, ast.Attribute)
+                    and func.value.attr == "kube"
+                    and ast.unparse(func.value.value).split(".")[-1] == "ctx"
+                ):
+                    continue
+                plural = next(
+                    (
+                        a.value
+                        for a in rest
+                        if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                    ),
+                    None,
+                )
+                where = f"{path.relative_to(OPERATOR)}:{node.lineno}"
+                found.add((func.attr, plural, where))
+    return found
+
+
+def _code_needs() -> dict[tuple[str, str, str], str]:
+    """(group, resource, verb) -> one place in the code that needs it."""
+    from kvmfleet.kube.api import NEEDS
+
+    result: dict[tuple[str, str, str], str] = {}
+    for method, plural, where in sorted(_kube_calls()):
+        assert method in NEEDS, f"{where}: KubeApi.{method} declares no RBAC needs (@needs)"
+        for group, template, verb in NEEDS[method]:
+            if "{plural}" in template:
+                assert plural, f"{where}: KubeApi.{method} is called without a literal kind"
+            result.setdefault((group, template.format(plural=plural), verb), where)
+    return result
+
+
+def test_every_kube_adapter_call_declares_the_verbs_it_uses() -> None:
+    """Each KubeApi method that calls the client declares (at least) that call's verb."""
+    from kvmfleet.kube.api import NEEDS
+
+    tree = ast.parse((OPERATOR / "kube" / "api.py").read_text(encoding="utf-8"))
+    kube_api = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KubeApi")
+    checked = 0
+    for fn in kube_api.body:
+        if not isinstance(fn, ast.FunctionDef) or fn.name == "call":
+            continue  # call(): the generic door used by the kubectl plugin, not the operator
+        for node in ast.walk(fn):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr in ("core", "custom")
+            ):
+                verb = CLIENT_VERBS[node.attr.split("_", 1)[0]]
+                declared = {v for _, _, v in NEEDS.get(fn.name, ())}
+                assert verb in declared, f"KubeApi.{fn.name} calls {node.attr} ({verb})"
+                checked += 1
+    assert checked >= 8
+
+
+@pytest.mark.parametrize("values", [None, WATCHED], ids=["cluster-wide", "namespaced"])
+def test_rbac_grants_exactly_the_verbs_the_code_uses(
+    helm: str, values: dict[str, Any] | None
+) -> None:
+    """Every (group, resource, verb) the chart grants is used, and every one used is granted.
+
+    Used = the KubeApi methods the operator calls, with the kinds it names (static
+    analysis of the code and the @needs table of kvmfleet/kube/api.py), plus what Kopf
+    itself does (FRAMEWORK_NEEDS; with watchNamespaces also NAMESPACED_FRAMEWORK_NEEDS).
+    """
+    from kvmfleet.kube.api import FRAMEWORK_NEEDS, NAMESPACED_FRAMEWORK_NEEDS
+    from kvmfleet.kube.lease import LEASE_NEEDS
+
+    used = dict(_code_needs())
+    for need in LEASE_NEEDS:
+        used.setdefault(need, "leader election (kvmfleet/kube/lease.py)")
+    framework = FRAMEWORK_NEEDS + (NAMESPACED_FRAMEWORK_NEEDS if values else ())
+    for need, why in framework:
+        used.setdefault(need, f"Kopf: {why}")
+    docs = render(helm, values)
+    granted: set[tuple[str, str, str]] = set()
+    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+        for (group, resource), verbs in grants_of(role).items():
+            granted |= {(group, resource, verb) for verb in verbs}
+    unused = sorted(granted - set(used))
+    missing = sorted((need, used[need]) for need in set(used) - granted)
+    assert not unused, f"the chart grants verbs no code uses: {unused}"
+    assert not missing, f"the code uses verbs the chart does not grant: {missing}"
+
+
+def test_leader_election_declares_the_verbs_of_its_lease_calls() -> None:
+    """Each Lease call in kube/lease.py is one of the verbs LEASE_NEEDS declares."""
+    from kvmfleet.kube.lease import LEASE_NEEDS
+
+    tree = ast.parse((OPERATOR / "kube" / "lease.py").read_text(encoding="utf-8"))
+    calls = {
+        CLIENT_VERBS[node.attr.split("_", 1)[0]]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "coordination"
+        and node.attr.endswith("_namespaced_lease")
+    }
+    assert calls == {verb for _, _, verb in LEASE_NEEDS}
+
+
+def test_the_verb_derivation_sees_the_operators_calls() -> None:
+    """The derivation is not vacuous: it finds the calls known to exist."""
+    needs = _code_needs()
+    assert ("", "secrets", "create") in needs
+    assert ("", "secrets", "update") in needs
+    assert ("kvmfleet.io", "kvmhosts", "get") in needs
+    assert ("kvmfleet.io", "virtualnodes", "list") in needs
+    assert ("kvmfleet.io", "virtualnodes/status", "patch") in needs
+    assert ("", "secrets", "delete") not in needs
 
 
 @pytest.mark.parametrize("name", ["clusterrole.yaml", "role.yaml", "leader-election-role.yaml"])

@@ -910,7 +910,7 @@ CONTRACT = {
         },
         "status": {
             "observedGeneration", "conditions", "phase", "host", "domainUUID", "powerState",
-            "nics", "disks", "console", "migration", "restartRequired", "kopf", "powerTransition", "deletion",
+            "nics", "disks", "console", "migration", "restartRequired", "kopf", "powerTransition", "deletion", "pauseReason",
             "lastActions",
         },
         "spec.nics[]": {"bridge", "model", "mac"},
@@ -955,7 +955,7 @@ ENUMS = {
     ],
     ("VirtualNode", "spec.reclaimPolicy"): ["Retain", "Delete"],
     ("VirtualNode", "status.phase"): [
-        "Pending", "Scheduling", "Provisioning", "Stopped", "Starting", "Running",
+        "Pending", "Scheduling", "Provisioning", "Stopped", "Starting", "Running", "Paused",
         "Migrating", "Failed", "Terminating", "Unknown",
     ],
     ("VirtualNode", "status.powerState"): ["On", "Off", "Paused", "Crashed", "Unknown"],

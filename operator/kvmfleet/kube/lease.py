@@ -34,6 +34,13 @@ from kvmfleet.kube.api import KubeApi, classified
 
 log = logging.getLogger(__name__)
 
+LEASE_NEEDS: tuple[tuple[str, str, str], ...] = (
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+)
+"""The RBAC permissions leader election needs (read, create and replace the Lease)."""
+
 
 @dataclass(frozen=True)
 class LeaseConfig:

@@ -37,10 +37,21 @@ class PlacedHost:
         return Guests(await self.session.libvirt())
 
 
-async def open_host(ctx: Context, name: str) -> PlacedHost:
-    """Read the KvmHost and connect to it (errors stay classified: unreachable is temporary)."""
+async def read_host(ctx: Context, name: str) -> tuple[KvmHostSpec, dict[str, Any]]:
+    """The KvmHost's spec and status, without connecting to it."""
     obj = await ctx.blocking(ctx.kube.get_object, "kvmhosts", name)
-    spec = KvmHostSpec.from_dict(obj.get("spec") or {})
-    status = dict(obj.get("status") or {})
+    return KvmHostSpec.from_dict(obj.get("spec") or {}), dict(obj.get("status") or {})
+
+
+async def connect_host(
+    ctx: Context, name: str, spec: KvmHostSpec, status: dict[str, Any]
+) -> PlacedHost:
+    """Connect to a KvmHost already read (errors stay classified: unreachable is temporary)."""
     session = await connect(ctx, name, spec, status.get("hostKey"))
     return PlacedHost(name, spec, status, session)
+
+
+async def open_host(ctx: Context, name: str) -> PlacedHost:
+    """Read the KvmHost and connect to it (errors stay classified: unreachable is temporary)."""
+    spec, status = await read_host(ctx, name)
+    return await connect_host(ctx, name, spec, status)

@@ -81,6 +81,7 @@ async def release(ctx: Context, host: Resource) -> None:
     ctx.last_probe.pop(host.name, None)
     ctx.locks.pop(f"kh/{host.name}", None)
     metrics.forget("KvmHost", "", host.name)
+    metrics.forget_storage_pools(host.name)
     for gauge in (metrics.HOST_UP, metrics.HOST_DOMAINS):
         with contextlib.suppress(KeyError):
             gauge.remove(host.name)
@@ -243,6 +244,11 @@ async def _storage(
             session, spec.storage_pools, spec.nfs_access, ctx.settings.mount_root
         )
         outcome.status["storagePools"] = [p.to_status() for p in pools]
+        metrics.forget_storage_pools(session.name)
+        for pool in pools:
+            metrics.set_storage_pool(
+                session.name, pool.name, pool.capacity_bytes, pool.available_bytes
+            )
         failed = [p.message for p in pools if not p.ready]
         conds[STORAGE_READY] = (
             Condition(STORAGE_READY, Status.FALSE, "StorageFailed", "; ".join(failed))

@@ -17,23 +17,27 @@ from typing import Any
 
 from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
+from kvmfleet.domain.authorization import REASON as NOT_ALLOWED
+from kvmfleet.domain.authorization import HostGrant, Refusal, authorize, summary
 from kvmfleet.domain.conditions import Condition, Status, parse_rfc3339
 from kvmfleet.domain.power import Call, Transition, plan_power
 from kvmfleet.domain.specs import RunStrategy, VirtualNodeSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
 from kvmfleet.reconcile import failpoints, hostusage, vmconsole, vmdisks, vmdomain, vmremove
 from kvmfleet.reconcile.context import Context
-from kvmfleet.reconcile.hostaccess import PlacedHost, open_host
+from kvmfleet.reconcile.hostaccess import PlacedHost, connect_host, read_host
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
 from kvmfleet.reconcile.vmplacement import Placement, UnschedulableError, ensure_placed
 from kvmfleet.settings import HOST_LABEL
-from kvmfleet.virt.guest import Guests, PowerState
+from kvmfleet.virt.guest import Guests, Pause, PowerState
 
 SCHEDULED = "Scheduled"
 DISKS_READY = "DisksReady"
 DEFINED = "Defined"
 RUNNING = "Running"
+AUTHORIZED = "Authorized"
+CONSOLE_READY = "ConsoleReady"
 ANNOTATION = "kvmfleet.io/{}-requested-at"
 ACTION_ANNOTATIONS = {
     "start": "start",
@@ -144,7 +148,18 @@ async def _converge(
     outcome.labels[HOST_LABEL] = placement.host
 
     try:
-        host = await open_host(ctx, placement.host)
+        host_spec, host_status = await read_host(ctx, placement.host)
+        assert node.namespace is not None
+        refusals = authorize(node.namespace, spec, HostGrant.of(placement.host, host_spec))
+        if refusals:
+            conds[AUTHORIZED] = Condition(AUTHORIZED, Status.FALSE, NOT_ALLOWED, summary(refusals))
+            host = await connect_host(ctx, placement.host, host_spec, host_status)
+            await _refused(ctx, node, host, refusals, outcome, conds)
+            return
+        conds[AUTHORIZED] = Condition(
+            AUTHORIZED, Status.TRUE, "Allowed", f"KvmHost {placement.host} allows this VM"
+        )
+        host = await connect_host(ctx, placement.host, host_spec, host_status)
         await _on_host(ctx, node, spec, host, placement, outcome, conds)
     except TemporaryError as error:
         _host_unavailable(node, outcome, conds, placement.host, error)
@@ -153,6 +168,65 @@ async def _converge(
             _host_unavailable(node, outcome, conds, placement.host, error)
         else:
             raise
+
+
+async def _refused(  # noqa: PLR0917 - the pass's whole context
+    ctx: Context,
+    node: Resource,
+    host: PlacedHost,
+    refusals: tuple[Refusal, ...],
+    outcome: Outcome,
+    conds: dict[str, Condition],
+) -> None:
+    """The spec (or the host's spec) asks for something the host does not allow.
+
+    Nothing is done for it: no disk is made, grown or touched, the domain is neither
+    defined nor redefined, power is not changed. A VM already running keeps running; its
+    observed power state is still reported.
+    """
+    message = summary(refusals)
+    previous = _previous(node, AUTHORIZED)
+    if previous.get("status") != "False" or previous.get("message") != message:
+        outcome.warn(NOT_ALLOWED, f"refused, nothing was changed on {host.name}: {message}")
+    guests = await host.guests()
+    try:
+        state = await ctx.blocking(guests.state, node.name)
+    except NotFoundError:
+        state = None
+    if state is not None:
+        outcome.status["powerState"] = str(state)
+        metrics.set_power_state(node.namespace or "", node.name, str(state))
+        on = state in (PowerState.ON, PowerState.PAUSED)
+        conds[RUNNING] = Condition(
+            RUNNING, Status.of(on), "Running" if on else "NotRunning", f"power state {state}"
+        )
+    outcome.status["phase"] = _phase_of(state)
+    _summarise(
+        outcome,
+        conds,
+        ready=False,
+        reason=NOT_ALLOWED,
+        message=f"KvmHost {host.name} does not allow this VM: {message}",
+        stalled=True,
+    )
+
+
+def _previous(node: Resource, type_: str) -> dict[str, Any]:
+    """The condition of that type in the object's status (empty when there is none)."""
+    for found in node.status.get("conditions") or []:
+        if found.get("type") == type_:
+            return dict(found)
+    return {}
+
+
+def _phase_of(state: PowerState | None) -> str:
+    if state is PowerState.ON:
+        return "Running"
+    if state is PowerState.PAUSED:
+        return "Paused"
+    if state is None:
+        return "Pending"
+    return "Stopped" if state in (PowerState.OFF, PowerState.CRASHED) else "Unknown"
 
 
 async def _on_host(  # noqa: PLR0917 - the pass's whole context
@@ -232,9 +306,8 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
     )
     if rotate:
         acted_raw["consoleCredentials"] = node.annotations[ANNOTATION.format("console-credentials")]
-    if creds is not None and creds.rotated and result.state is PowerState.ON:
-        await ctx.blocking(guests.set_vnc_password, node.name, creds.password, creds.expires_at)
-        outcome.note("ConsoleCredentials", "new VNC password set (getrvidparms)")
+    if creds is not None:
+        await _apply_credentials(run, creds, result)
 
     transition_raw = node.status.get("powerTransition") or {}
     started_at = parse_rfc3339(transition_raw.get("startedAt"))
@@ -263,6 +336,49 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
     await _observe(run, creds, plan.requeue_after, result)
 
 
+async def _apply_credentials(
+    run: _Pass, creds: vmconsole.VncCredentials, result: vmdomain.DefineResult
+) -> None:
+    """Make the domain hold the Secret's VNC password, in every power state.
+
+    The persistent definition always (a stopped VM starts with it), the live VNC server
+    while the domain runs. The domain's ``passwdValidTo`` tells which password it holds.
+    """
+    ctx, node, outcome, conds = run.ctx, run.node, run.outcome, run.conds
+    if creds.conflict is not None:
+        conds[CONSOLE_READY] = Condition(
+            CONSOLE_READY, Status.FALSE, "SecretNotOwned", creds.conflict
+        )
+        if _previous(node, CONSOLE_READY).get("reason") != "SecretNotOwned":
+            outcome.warn("SecretNotOwned", creds.conflict)
+        return
+    running = result.state in (PowerState.ON, PowerState.PAUSED)
+    stale = not vmconsole.domain_has(creds, result.config_vnc_valid_to) or (
+        running and not vmconsole.domain_has(creds, result.live.vnc_valid_to)
+    )
+    if stale:
+        live_ok = await ctx.blocking(
+            run.guests.set_vnc_password, node.name, creds.password, creds.expires_at
+        )
+        if not live_ok:
+            conds[CONSOLE_READY] = Condition(
+                CONSOLE_READY,
+                Status.FALSE,
+                "PasswordPending",
+                "the running VNC server cannot take the new password; it applies from the "
+                "next start",
+            )
+            return
+        if creds.rotated:
+            outcome.note("ConsoleCredentials", "new VNC password set (getrvidparms)")
+    conds[CONSOLE_READY] = Condition(
+        CONSOLE_READY,
+        Status.TRUE,
+        "PasswordSet",
+        f"Secret {creds.secret_name} holds the password the domain accepts",
+    )
+
+
 async def _power_call(ctx: Context, guests: Guests, name: str, call: Call) -> None:
     fn = {
         Call.START: guests.start,
@@ -289,26 +405,36 @@ async def _observe(
     ctx, node, spec, host, guests = run.ctx, run.node, run.spec, run.host, run.guests
     outcome, conds = run.outcome, run.conds
     state = await ctx.blocking(guests.state, node.name)
+    pause = await ctx.blocking(guests.pause, node.name) if state is PowerState.PAUSED else None
     live = await ctx.blocking(guests.info, node.name)
     on = state in (PowerState.ON, PowerState.PAUSED)
     outcome.status["powerState"] = str(state)
+    outcome.status["pauseReason"] = str(pause.reason) if pause else None
     metrics.set_power_state(node.namespace or "", node.name, str(state))
     outcome.status["restartRequired"] = bool(on and result.restart_required)
     outcome.status["console"] = vmconsole.console_status(
         host.spec.address, creds, live.vnc_port, live.serial_pty if on else None, host.name
     )
-    conds[RUNNING] = Condition(
-        RUNNING, Status.of(on), "Running" if on else "NotRunning", f"power state {state}"
-    )
+    if pause is not None:
+        conds[RUNNING] = Condition(RUNNING, Status.FALSE, f"Paused{pause.reason}", pause.message)
+    else:
+        conds[RUNNING] = Condition(
+            RUNNING, Status.of(on), "Running" if on else "NotRunning", f"power state {state}"
+        )
     wanted_on = {RunStrategy.ALWAYS: True, RunStrategy.HALTED: False}.get(spec.run_strategy)
     transition = outcome.status.get("powerTransition")
-    if on:
+    if pause is not None:
+        phase = "Paused"
+    elif on:
         phase = "Running"
     elif wanted_on or (transition and transition["action"] == "reboot"):
         phase = "Starting"
     else:
         phase = "Stopped"
     outcome.status["phase"] = phase
+    if pause is not None:
+        _paused(run, pause)
+        return
     settled = not transition and (wanted_on is None or wanted_on == on)
     problems = [c for c in conds.values() if c.status is Status.FALSE and c.type != RUNNING]
     if settled and not problems:
@@ -327,6 +453,23 @@ async def _observe(
         _summarise(outcome, conds, ready=False, reason=phase, message=f"{doing} on {host.name}")
         outcome.requeue_after = requeue or 2.0
         outcome.retry_message = f"waiting: {doing.lower()}"
+
+
+def _paused(run: _Pass, pause: Pause) -> None:
+    """A paused domain is not Running: Ready=False with libvirt's reason.
+
+    A pause libvirt ends by itself (migration, save, snapshot) is waited for; any other
+    (an I/O error, a full storage pool, a user's ``virsh suspend``) needs someone to act.
+    """
+    reason = f"Paused{pause.reason}"
+    message = f"{pause.message} on {run.host.name}"
+    if pause.reason.transient:
+        _summarise(run.outcome, run.conds, ready=False, reason=reason, message=message)
+        run.outcome.requeue_after, run.outcome.retry_message = 5.0, message
+        return
+    _summarise(
+        run.outcome, run.conds, ready=False, reason=reason, message=message, reconciling=False
+    )
 
 
 def _host_unavailable(
@@ -385,8 +528,11 @@ def _summarise(
     reason: str,
     message: str,
     reconciling: bool | None = None,
+    stalled: bool = False,
 ) -> None:
     outcome.conditions = [
         *conds.values(),
-        *cond.summary(ready=ready, reason=reason, message=message, reconciling=reconciling),
+        *cond.summary(
+            ready=ready, reason=reason, message=message, reconciling=reconciling, stalled=stalled
+        ),
     ]

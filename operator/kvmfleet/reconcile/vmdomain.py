@@ -26,6 +26,8 @@ class DefineResult:
     restart_required: bool
     state: PowerState
     live: LiveDomainInfo
+    config_vnc_valid_to: str | None = None
+    """``passwdValidTo`` of the persistent definition (which VNC password it holds)."""
 
 
 def _shape(info: LiveDomainInfo, wanted_cpu: str | None) -> tuple[object, ...]:
@@ -81,17 +83,20 @@ async def ensure_defined(  # noqa: PLR0917 - what a definition is made of
     if current is not None and current.uid != node.uid:
         await _replace_stale(host, guests, node, current)
         current = None
+    config_valid_to = current.vnc_valid_to if current is not None else None
     if current is None:
         await ctx.blocking(guests.define, xml)
         defined_now = True
+        config_valid_to = wanted.vnc_valid_to
     elif _shape(current, cpu.label) != _shape(wanted, None):
         await ctx.blocking(guests.define, xml)
         redefined = True
+        config_valid_to = wanted.vnc_valid_to
     state = await ctx.blocking(guests.state, node.name)
     live = parse_domain(await ctx.blocking(guests.xml, node.name, True))
     running = state in (PowerState.ON, PowerState.PAUSED)
     restart = running and _shape(live, cpu.label) != _shape(wanted, None)
-    return DefineResult(node.uid, defined_now, redefined, restart, state, live)
+    return DefineResult(node.uid, defined_now, redefined, restart, state, live, config_valid_to)
 
 
 async def _replace_stale(

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmfleet.domain.allocation import Resources
+from kvmfleet.domain.authorization import REASON as NOT_ALLOWED
+from kvmfleet.domain.authorization import HostGrant, authorize, summary
 from kvmfleet.domain.macs import allocate_mac, normalize_mac
 from kvmfleet.domain.placement import HostSnapshot, PlacementRequest, check_host, choose_host
 from kvmfleet.domain.quantities import bytes_to_mib, parse_bytes
 from kvmfleet.domain.specs import KvmHostSpec, VirtualNodeSpec
+from kvmfleet.domain.storage_urls import StorageURL, parse_storage_url
 from kvmfleet.errors import KvmfleetError, PermanentError
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.resource import Resource
@@ -73,6 +76,14 @@ def host_snapshot(obj: Mapping[str, Any], allocated: Resources) -> HostSnapshot 
         if conditions.get("StorageReady") == "True"
         else ()
     )
+    available: dict[StorageURL, int] = {}
+    for pool in status.get("storagePools") or []:
+        if pool.get("availableBytes") is None:
+            continue
+        try:
+            available[parse_storage_url(pool.get("url"))] = int(pool["availableBytes"])
+        except (KvmfleetError, TypeError, ValueError):
+            continue
     return HostSnapshot(
         name=obj["metadata"]["name"],
         ready=conditions.get("Ready") == "True",
@@ -85,6 +96,8 @@ def host_snapshot(obj: Mapping[str, Any], allocated: Resources) -> HostSnapshot 
         allocated_cpus=allocated.cpus,
         allocated_memory_mib=allocated.memory_mib,
         overcommit=spec.overcommit,
+        grant=HostGrant.of(obj["metadata"]["name"], spec),
+        available_bytes=available,
     )
 
 
@@ -144,12 +157,17 @@ def _choose(
         if (snap := host_snapshot(obj, used.get(obj["metadata"]["name"], Resources(0, 0))))
     ]
     assert node.namespace is not None
-    request = PlacementRequest.for_spec(spec, node.namespace)
+    request = PlacementRequest.for_spec(spec, node.namespace, ctx.settings.storage_min_free_bytes)
     if spec.host_ref:
         pinned = next((s for s in snapshots if s.name == spec.host_ref), None)
         if pinned is None:
             raise UnschedulableError(
                 f"KvmHost {spec.host_ref} does not exist", reason="HostNotFound"
+            )
+        if pinned.grant is not None and (refusals := authorize(node.namespace, spec, pinned.grant)):
+            raise UnschedulableError(
+                f"KvmHost {spec.host_ref} does not allow this VM: {summary(refusals)}",
+                reason=NOT_ALLOWED,
             )
         rejected = check_host(request, pinned)
         if rejected is not None:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kvmfleet.domain import conditions as cond
+from kvmfleet.domain.authorization import HostGrant, storage_refusal
 from kvmfleet.domain.conditions import parse_rfc3339
 from kvmfleet.domain.specs import ReclaimPolicy, VirtualNodeSpec
 from kvmfleet.domain.storage_urls import parse_storage_url
@@ -123,10 +124,14 @@ async def _disks(ctx: Context, node: Resource, host: PlacedHost, outcome: Outcom
         outcome.note("DisksRetained", f"reclaimPolicy Retain kept: {', '.join(paths)}")
         return
     backing = await _backing_files(ctx, node)
+    grant = HostGrant.of(host.name, host.spec)
     deleted, kept = [], []
     for disk in disks:
         path = str(disk["path"])
-        if disk.get("format") == "raw" and path.startswith("/dev/"):
+        refused = storage_refusal(str(disk.get("url") or ""), grant)
+        if refused is not None:
+            kept.append(f"{path} ({refused.message})")
+        elif disk.get("format") == "raw" and path.startswith("/dev/"):
             kept.append(f"{path} (a block device is never wiped)")
         elif path in backing or path.rsplit("/", 1)[-1] in backing:
             kept.append(f"{path} (backing file of another disk)")

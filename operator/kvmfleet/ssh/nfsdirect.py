@@ -68,7 +68,11 @@ def _url(storage: StorageURL, file_name: str | None = None) -> str:
     if storage.kind is not StorageKind.NFS or not storage.server:
         raise ValueError(f"not an NFS storage URL: {storage}")
     path = storage.path.rstrip("/")
-    return f"nfs://{storage.server}{path}/{file_name}" if file_name else f"nfs://{storage.server}{path}"
+    return (
+        f"nfs://{storage.server}{path}/{file_name}"
+        if file_name
+        else f"nfs://{storage.server}{path}"
+    )
 
 
 def unlink_argv(storage: StorageURL, file_name: str) -> list[str]:

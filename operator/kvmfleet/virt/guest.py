@@ -92,6 +92,105 @@ def power_state(libvirt_state: int) -> PowerState:
     return _POWER_STATES.get(libvirt_state, PowerState.UNKNOWN)
 
 
+class PauseReason(StrEnum):
+    """Why a domain is paused (``virDomainPausedReason``; ``NoSpace`` refines ``IOError``)."""
+
+    UNKNOWN = "Unknown"
+    USER = "User"
+    MIGRATION = "Migration"
+    SAVE = "Save"
+    DUMP = "Dump"
+    IO_ERROR = "IOError"
+    NO_SPACE = "NoSpace"
+    WATCHDOG = "Watchdog"
+    FROM_SNAPSHOT = "FromSnapshot"
+    SHUTTING_DOWN = "ShuttingDown"
+    SNAPSHOT = "Snapshot"
+    CRASHED = "Crashed"
+    STARTING_UP = "StartingUp"
+    POSTCOPY = "Postcopy"
+    POSTCOPY_FAILED = "PostcopyFailed"
+    API_ERROR = "APIError"
+    GUEST_SUSPENDED = "GuestSuspended"
+
+    @property
+    def transient(self) -> bool:
+        """True for pauses libvirt ends by itself (a migration, a save, a snapshot...)."""
+        return self in _TRANSIENT_PAUSES
+
+
+_TRANSIENT_PAUSES = frozenset(
+    {
+        PauseReason.MIGRATION,
+        PauseReason.SAVE,
+        PauseReason.DUMP,
+        PauseReason.FROM_SNAPSHOT,
+        PauseReason.SHUTTING_DOWN,
+        PauseReason.SNAPSHOT,
+        PauseReason.STARTING_UP,
+        PauseReason.POSTCOPY,
+    }
+)
+
+_PAUSE_REASONS: dict[str, PauseReason] = {
+    "VIR_DOMAIN_PAUSED_USER": PauseReason.USER,
+    "VIR_DOMAIN_PAUSED_MIGRATION": PauseReason.MIGRATION,
+    "VIR_DOMAIN_PAUSED_SAVE": PauseReason.SAVE,
+    "VIR_DOMAIN_PAUSED_DUMP": PauseReason.DUMP,
+    "VIR_DOMAIN_PAUSED_IOERROR": PauseReason.IO_ERROR,
+    "VIR_DOMAIN_PAUSED_WATCHDOG": PauseReason.WATCHDOG,
+    "VIR_DOMAIN_PAUSED_FROM_SNAPSHOT": PauseReason.FROM_SNAPSHOT,
+    "VIR_DOMAIN_PAUSED_SHUTTING_DOWN": PauseReason.SHUTTING_DOWN,
+    "VIR_DOMAIN_PAUSED_SNAPSHOT": PauseReason.SNAPSHOT,
+    "VIR_DOMAIN_PAUSED_CRASHED": PauseReason.CRASHED,
+    "VIR_DOMAIN_PAUSED_STARTING_UP": PauseReason.STARTING_UP,
+    "VIR_DOMAIN_PAUSED_POSTCOPY": PauseReason.POSTCOPY,
+    "VIR_DOMAIN_PAUSED_POSTCOPY_FAILED": PauseReason.POSTCOPY_FAILED,
+    "VIR_DOMAIN_PAUSED_API_ERROR": PauseReason.API_ERROR,
+}
+_PAUSE_BY_CODE = {
+    getattr(libvirt, name): reason
+    for name, reason in _PAUSE_REASONS.items()
+    if hasattr(libvirt, name)
+}
+_DISK_ERRORS = {
+    getattr(libvirt, "VIR_DOMAIN_DISK_ERROR_NO_SPACE", 2): "no space left on its storage",
+    getattr(libvirt, "VIR_DOMAIN_DISK_ERROR_UNSPEC", 1): "I/O error",
+}
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Why a paused domain is paused: libvirt's reason and, for I/O errors, which disks."""
+
+    reason: PauseReason
+    disks: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        """A sentence for a condition message."""
+        text = f"the domain is paused (libvirt reason: {self.reason})"
+        return f"{text}: {', '.join(self.disks)}" if self.disks else text
+
+
+def pause_of(libvirt_state: int, libvirt_reason: int, disk_errors: dict[str, int]) -> Pause | None:
+    """The :class:`Pause` of a ``(state, reason)`` pair and ``virDomainGetDiskErrors``."""
+    if libvirt_state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+        return Pause(PauseReason.GUEST_SUSPENDED)
+    if libvirt_state != libvirt.VIR_DOMAIN_PAUSED:
+        return None
+    reason = _PAUSE_BY_CODE.get(libvirt_reason, PauseReason.UNKNOWN)
+    disks = tuple(
+        f"disk {dev}: {_DISK_ERRORS.get(code, f'error {code}')}"
+        for dev, code in sorted(disk_errors.items())
+        if code
+    )
+    no_space = getattr(libvirt, "VIR_DOMAIN_DISK_ERROR_NO_SPACE", 2)
+    if any(code == no_space for code in disk_errors.values()):
+        reason = PauseReason.NO_SPACE
+    return Pause(reason, disks)
+
+
 @dataclass(frozen=True)
 class DomainSummary:
     """A domain on a host: what ``lsvm`` shows, and who owns it (kvmfleet metadata)."""
@@ -227,6 +326,16 @@ class Guests:
         domain = self._domain(name_or_uuid)
         with libvirt_errors(self._context(name_or_uuid, "state")):
             return power_state(domain.state()[0])
+
+    def pause(self, name_or_uuid: str) -> Pause | None:
+        """Why the domain is paused (libvirt's reason, disk errors), or None if it is not."""
+        domain = self._domain(name_or_uuid)
+        with libvirt_errors(self._context(name_or_uuid, "state")):
+            state, reason = domain.state()
+            if state not in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED):
+                return None
+            errors = domain.diskErrors() if state == libvirt.VIR_DOMAIN_PAUSED else {}
+        return pause_of(state, reason, dict(errors or {}))
 
     def xml(self, name_or_uuid: str, live: bool = True) -> str:
         """The domain XML: live (running config; for a stopped domain its definition) or

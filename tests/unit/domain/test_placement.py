@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from kvmfleet.domain.authorization import HostGrant
 from kvmfleet.domain.placement import (
     HostRejection,
     HostSnapshot,
@@ -59,7 +60,9 @@ def request(**changes: object) -> PlacementRequest:
         (host("a", bridges=frozenset()), request(bridges=frozenset()), None),
         (host("a", storage=()), request(), HostRejection.MISSING_STORAGE),
         (host("a", storage=()), request(storage=()), None),
-        (host("a", storage=()), request(storage=(PHY,)), None),
+        # A phy: device is storage like any other: the host must list it as a pool.
+        (host("a", storage=()), request(storage=(PHY,)), HostRejection.MISSING_STORAGE),
+        (host("a", storage=(PHY,)), request(storage=(PHY,)), None),
         (host("a"), request(storage=(DIR,)), HostRejection.MISSING_STORAGE),
         (host("a", storage=(NFS, DIR)), request(storage=(DIR, None)), None),
         (host("a"), request(cpus=5), HostRejection.INSUFFICIENT_CPU),
@@ -284,3 +287,68 @@ def test_request_for_spec() -> None:
     )
     decision = choose_host(req, [host("a", bridges=frozenset({"br0", "br1"}), storage=(NFS, DIR))])
     assert decision.host == "a"
+
+
+def granted(name: str = "a", **changes: object) -> HostSnapshot:
+    """A host whose spec lists br0 and the NFS, dir and phy pools, for every namespace."""
+    grant = HostGrant(name, frozenset(), frozenset({"br0"}), (NFS, DIR, PHY))
+    return replace(host(name, storage=(NFS, DIR, PHY), grant=grant), **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("req", "code", "words"),
+    [
+        (request(), None, ""),
+        (request(bridges=frozenset({"mgmt"})), HostRejection.NOT_ALLOWED, "bridge mgmt"),
+        (
+            request(storage=(parse_storage_url("phy:/dev/sda"),)),
+            HostRejection.NOT_ALLOWED,
+            "phy:/dev/sda",
+        ),
+        (
+            request(storage=(parse_storage_url("dir:///etc"),)),
+            HostRejection.NOT_ALLOWED,
+            "dir:///etc",
+        ),
+        (request(storage=(PHY, DIR)), None, ""),
+    ],
+)
+def test_placement_refuses_what_the_host_spec_does_not_allow(
+    req: PlacementRequest, code: HostRejection | None, words: str
+) -> None:
+    rejection = check_host(req, granted())
+    assert (rejection.code if rejection else None) == code
+    assert words in (rejection.detail if rejection else "")
+
+
+def test_not_allowed_everywhere_is_the_reason_of_the_decision() -> None:
+    decision = choose_host(
+        request(storage=(parse_storage_url("phy:/dev/sda"),)), [granted("a"), granted("b")]
+    )
+    assert decision.host is None
+    assert decision.reason is PlacementReason.NOT_ALLOWED
+    assert "2 bridge or storage not allowed" in decision.message
+    assert "phy:/dev/sda is not a block device KvmHost" in decision.message
+
+
+@pytest.mark.parametrize(
+    ("available", "storage", "code"),
+    [
+        ({NFS: 10 * 2**30}, (None,), None),
+        ({NFS: 0}, (None,), HostRejection.INSUFFICIENT_STORAGE),
+        ({NFS: 0}, (DIR,), None),
+        ({DIR: 2**29}, (DIR,), HostRejection.INSUFFICIENT_STORAGE),
+        ({}, (DIR,), None),  # not measured (yet): not refused
+        ({PHY: 0}, (PHY,), None),  # a device is not a file pool
+    ],
+)
+def test_placement_refuses_a_nearly_full_pool(
+    available: dict[object, int], storage: tuple[object, ...], code: HostRejection | None
+) -> None:
+    req = request(storage=storage, min_free_bytes=2**30)
+    rejection = check_host(req, granted(available_bytes=available))
+    assert (rejection.code if rejection else None) == code
+    if rejection is not None:
+        assert "below the minimum of 1073741824" in rejection.detail
+        assert "storage_min_free_bytes" in rejection.detail
+    assert check_host(replace(req, min_free_bytes=0), granted(available_bytes=available)) is None

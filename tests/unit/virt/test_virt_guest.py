@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import libvirt
 import pytest
 from virt_testdriver import domain_xml
 
@@ -11,8 +12,10 @@ from kvmfleet.errors import NotFoundError, PermanentError
 from kvmfleet.virt.errors import OperationInvalidError
 from kvmfleet.virt.guest import (
     Guests,
+    PauseReason,
     PowerState,
     _vnc_graphics_xml,
+    pause_of,
     power_state,
     vnc_password_expiry,
 )
@@ -129,3 +132,53 @@ def test_unusable_vnc_passwords(guests, password: str) -> None:
     guests.define(domain_xml("vm1"))
     with pytest.raises(ValueError):
         guests.set_vnc_password("vm1", password)
+
+
+def test_a_paused_domain_says_why(guests) -> None:
+    guests.define(domain_xml("vm1"))
+    guests.start("vm1")
+    assert guests.pause("vm1") is None
+    guests._domain("vm1").suspend()
+    pause = guests.pause("vm1")
+    assert pause is not None and pause.reason is PauseReason.USER
+    assert not pause.reason.transient
+    assert "libvirt reason: User" in pause.message
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "errors", "expected", "words"),
+    [
+        (libvirt.VIR_DOMAIN_RUNNING, 1, {}, None, ""),
+        (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER, {}, PauseReason.USER, ""),
+        (
+            libvirt.VIR_DOMAIN_PAUSED,
+            libvirt.VIR_DOMAIN_PAUSED_IOERROR,
+            {"vda": libvirt.VIR_DOMAIN_DISK_ERROR_NO_SPACE},
+            PauseReason.NO_SPACE,
+            "disk vda: no space left on its storage",
+        ),
+        (
+            libvirt.VIR_DOMAIN_PAUSED,
+            libvirt.VIR_DOMAIN_PAUSED_IOERROR,
+            {"vda": libvirt.VIR_DOMAIN_DISK_ERROR_UNSPEC, "vdb": 0},
+            PauseReason.IO_ERROR,
+            "disk vda: I/O error",
+        ),
+        (
+            libvirt.VIR_DOMAIN_PAUSED,
+            libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
+            {},
+            PauseReason.MIGRATION,
+            "",
+        ),
+        (libvirt.VIR_DOMAIN_PAUSED, 999, {}, PauseReason.UNKNOWN, ""),
+        (libvirt.VIR_DOMAIN_PMSUSPENDED, 0, {}, PauseReason.GUEST_SUSPENDED, ""),
+    ],
+)
+def test_pause_of(state, reason, errors, expected, words) -> None:
+    pause = pause_of(state, reason, errors)
+    assert (pause.reason if pause else None) is expected
+    if pause is not None:
+        assert words in pause.message
+        assert "vdb" not in pause.message
+    assert PauseReason.MIGRATION.transient and not PauseReason.NO_SPACE.transient

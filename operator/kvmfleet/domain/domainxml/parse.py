@@ -77,6 +77,9 @@ class LiveDomainInfo:
     serial_pty: str | None = None
     vnc_port: int | None = None
     vnc_listen: str | None = None
+    vnc_valid_to: str | None = None
+    """``passwdValidTo`` of the VNC password (libvirt shows it without the password itself):
+    which password the domain holds, as kvmfleet sets one expiry per password."""
     boot: tuple[str, ...] = ()
 
     @property
@@ -130,6 +133,7 @@ def parse_domain(xml: str) -> LiveDomainInfo:
         serial_pty=_serial_pty(devices),
         vnc_port=_vnc_port(graphics),
         vnc_listen=None if graphics is None else graphics.get("listen"),
+        vnc_valid_to=None if graphics is None else graphics.get("passwdValidTo"),
         boot=tuple(boot.get("dev", "") for boot in root.findall("os/boot")),
     )
 
