@@ -210,9 +210,14 @@ def qemu_img_create(
     return argv
 
 
-def qemu_img_info(path_or_url: str, backing_chain: bool = False) -> list[str]:
-    """Image facts as JSON; ``-U`` (no lock) so it works while a VM uses the image."""
-    argv = ["qemu-img", "info", "--output=json", "-U"]
+def qemu_img_info(path_or_url: str, backing_chain: bool = False, fmt: str = "qcow2") -> list[str]:
+    """Image facts as JSON; ``-U`` (no lock) so it works while a VM uses the image.
+
+    The format is always named (``-f``): qemu-img never probes it, so garbage over a
+    qcow2 header is an error, not a "raw" image. With ``backing_chain`` qemu-img follows
+    the backing files with the formats their overlays record.
+    """
+    argv = ["qemu-img", "info", "--output=json", "-U", "-f", _format(fmt)]
     if backing_chain:
         argv.append("--backing-chain")
     return [*argv, image_location(path_or_url)]
