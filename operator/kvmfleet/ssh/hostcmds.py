@@ -148,6 +148,11 @@ def test_block_device(path: str) -> list[str]:
     return ["test", "-b", validate_absolute_path(path, "path")]
 
 
+def test_directory(path: str) -> list[str]:
+    """Exit 0 if ``path`` is a directory (following symlinks)."""
+    return ["test", "-d", validate_absolute_path(path, "path")]
+
+
 def test_exists(path: str) -> list[str]:
     """Exit 0 if ``path`` exists (any type)."""
     return ["test", "-e", validate_absolute_path(path, "path")]
