@@ -165,6 +165,8 @@ def _give_up_or_wait(  # noqa: PLR0917 - the deletion's whole context
 ) -> Outcome:
     limit = ctx.settings.delete_host_unreachable_timeout
     waited = (now - started).total_seconds()
+    if orphaning(node):
+        return _blocked(node, error.message, [f"domain {node.name}", "its disks"])
     if waited < limit:
         if "startedAt" not in (node.status.get("deletion") or {}):
             outcome.warn(
