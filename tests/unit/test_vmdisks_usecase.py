@@ -119,7 +119,6 @@ def test_absent_disk_gets_its_owner_record_first_then_the_image() -> None:
         "python3 write",
         "qemu-img create",
         "qemu-img info",
-        "qemu-img info",
     ]
     assert session.ran[2][:5] == ["qemu-img", "create", "-q", "-f", "qcow2"]
     assert all("-f" in argv for argv in session.ran if argv[0] == "qemu-img")

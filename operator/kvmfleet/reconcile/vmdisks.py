@@ -35,7 +35,6 @@ from kvmfleet.domain.storage_urls import (
 from kvmfleet.errors import InvalidSpecError, KvmfleetError, NotFoundError, TemporaryError
 from kvmfleet.reconcile.hostaccess import PlacedHost
 from kvmfleet.ssh import diskprobe, facts, hostcmds, nfsdirect
-from kvmfleet.ssh.session import CommandResult
 
 
 @dataclass(frozen=True)
@@ -170,7 +169,7 @@ async def write_owner(host: PlacedHost, where: DiskLocation, owner: Owner) -> No
         )
 
 
-async def read_chain(host: PlacedHost, target: str) -> list[ChainLink]:
+async def read_chain(host: PlacedHost, target: str) -> list[facts.ImageInfo]:
     """``qemu-img info -f qcow2 --backing-chain``, validated; _RefusedError if not usable."""
     info = await host.session.run(hostcmds.qemu_img_info(target, backing_chain=True), check=False)
     if not info.ok:
@@ -181,7 +180,7 @@ async def read_chain(host: PlacedHost, target: str) -> list[ChainLink]:
     problem = chain_problem(chain)
     if problem is not None:
         raise _RefusedError(BACKING_CHAIN_INVALID, problem)
-    return chain
+    return images
 
 
 async def _our_domain(host: PlacedHost, me: Owner) -> bool:
@@ -234,7 +233,7 @@ async def _ensure_one(  # noqa: PLR0917 - one disk's whole context
     if decision.action is Action.CLAIM:
         await write_owner(host, where, me)
         report.claimed.append(target)
-    image = facts.parse_qemu_img_info((await _info(host, target)).stdout)
+    image = chain[0]
     if disk.size_bytes is not None and image.virtual_size < disk.size_bytes:
         if running:
             guests = await host.guests()
@@ -242,7 +241,7 @@ async def _ensure_one(  # noqa: PLR0917 - one disk's whole context
         else:
             await host.session.run(hostcmds.qemu_img_resize(target, disk.size_bytes, image.format))
         report.grown.append(target)
-        image = facts.parse_qemu_img_info((await _info(host, target)).stdout)
+        image = (await read_chain(host, target))[0]
     elif disk.size_bytes is not None and image.virtual_size > disk.size_bytes:
         report.problems.append(
             Problem(
@@ -256,7 +255,3 @@ async def _ensure_one(  # noqa: PLR0917 - one disk's whole context
     if chain[0].backing_filename:
         entry["backingFile"] = chain[0].backing_filename
     return entry
-
-
-async def _info(host: PlacedHost, target: str) -> CommandResult:
-    return await host.session.run(hostcmds.qemu_img_info(target))
