@@ -297,7 +297,13 @@ def test_a_disk_path_patched_into_status_is_never_deleted(
         kconfig.load_kube_config(config_file=cluster.kubeconfig)
         forged = [{"name": "hda", "url": LOCAL, "path": victim, "format": "qcow2"}]
         kclient.CustomObjectsApi().patch_namespaced_custom_object_status(
-            "kvmfleet.io", "v1alpha1", ns, "virtualnodes", name, {"status": {"disks": forged}}
+            "kvmfleet.io",
+            "v1alpha1",
+            ns,
+            "virtualnodes",
+            name,
+            {"status": {"disks": forged}},
+            _content_type="application/merge-patch+json",
         )
         seen = cluster.json("get", "vn", name, "-n", ns)["status"]["disks"]
         assert seen[0]["path"] == victim
