@@ -199,7 +199,11 @@ async def _disks(
     if not locations:
         return ""
     if orphaning(node):
-        outcome.warn("Orphaned", f"{ORPHAN_ANNOTATION} is set: left {', '.join(targets)}")
+        there = [
+            t for w, t in zip(locations, targets, strict=True) if await _may_exist(ctx, host, w)
+        ]
+        what = ", ".join(there) if there else "nothing (no disk image exists)"
+        outcome.warn("Orphaned", f"{ORPHAN_ANNOTATION} is set: left {what}")
         left.clear()
         return ""
     if spec.reclaim_policy is ReclaimPolicy.RETAIN:
@@ -227,6 +231,14 @@ async def _disks(
     if kept:
         outcome.warn("DisksKept", f"not deleted: {'; '.join(kept)}")
     return "; ".join(blocked)
+
+
+async def _may_exist(ctx: Context, host: PlacedHost, where: DiskLocation) -> bool:
+    """False only for an image definitively absent (to list exactly what is left)."""
+    if where.source_type is DiskSourceType.BLOCK:
+        return True
+    verdict = await vmdisks.probe(host, where, ctx.settings.mount_root)
+    return verdict.existence is not Existence.ABSENT
 
 
 async def _keep_reason(  # noqa: PLR0917 - one rule per line
