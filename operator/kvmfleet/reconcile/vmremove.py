@@ -127,6 +127,7 @@ async def _remove(ctx: Context, node: Resource, left: list[str]) -> Outcome:
     left.remove(f"domain {node.name}")
     blocked = await _disks(ctx, node, host, outcome, left)
     if blocked:
+        outcome.status["deletion"] = deletion
         return _blocked(node, blocked, left, outcome)
     return outcome
 
