@@ -313,13 +313,15 @@ class DiskSpec:
     """One entry of VirtualNode ``spec.disks``.
 
     ``size_bytes`` None: the size of the image it is cloned from (only with
-    ``spec.source``). ``storage`` None: the host's first storage pool.
+    ``spec.source``). ``storage`` None: the host's first storage pool. ``adopt``: an
+    existing image owned by another VirtualNode (or by no one) may be taken over.
     """
 
     name: str
     size_bytes: int | None = None
     storage: StorageURL | None = None
     bus: DiskBus = DiskBus.VIRTIO
+    adopt: bool = False
 
     @classmethod
     def _parse(
@@ -337,6 +339,7 @@ class DiskSpec:
             size_bytes=size,
             storage=_optional(p, data, "storage", path, parse_storage_url),
             bus=_enum(p, data, "bus", path, DiskBus, default=DiskBus.VIRTIO),
+            adopt=_bool(p, data, "adopt", path, False),
         )
 
 

@@ -388,7 +388,10 @@ async def _domains(ctx: Context, session: HostSession, host: Resource, outcome: 
         domains = await ctx.blocking(Host(connection).list_domains)
     except KvmfleetError:
         return
-    outcome.status["domains"] = [{"name": d.name, "state": str(d.state)} for d in domains]
+    outcome.status["domains"] = [
+        {"name": d.name, "state": str(d.state), **({"disks": list(d.disks)} if d.disks else {})}
+        for d in domains
+    ]
     outcome.status["domainCount"] = len(domains)
     metrics.HOST_DOMAINS.labels(host.name).set(len(domains))
 

@@ -65,7 +65,19 @@ async def _ensure_one(
 ) -> PoolReport:
     url = pool.url
     if url.kind is StorageKind.DIR:
-        await host.run(hostcmds.mkdir_p(url.path))
+        found = await host.run(hostcmds.test_directory(url.path), check=False)
+        if not found.ok:
+            if await _pool_defined(host, url):
+                return PoolReport(
+                    pool.name,
+                    str(url),
+                    False,
+                    url.path,
+                    message=f"{pool.name}: directory {url.path} is missing (an unmounted "
+                    "filesystem?); it was set up before and is not recreated: create or mount "
+                    "it on the host",
+                )
+            await host.run(hostcmds.mkdir_p(url.path))
         info = await _libvirt_pool(host, "dir", url, url.path)
         return _from_info(pool, info)
     if url.kind is StorageKind.PHY:
@@ -85,6 +97,11 @@ async def _ensure_one(
         info = await _libvirt_pool(host, "netfs", url, where)
         return _from_info(pool, info)
     return await _probe_direct(host, pool, url)
+
+
+async def _pool_defined(host: HostSession, url: StorageURL) -> bool:
+    connection = await host.libvirt()
+    return await host.ctx.blocking(Host(connection).pool_defined, url.pool_name)
 
 
 async def _libvirt_pool(host: HostSession, kind: str, url: StorageURL, path: str) -> PoolInfo:

@@ -20,6 +20,8 @@ from kvmfleet.domain import conditions as cond
 from kvmfleet.domain.authorization import REASON as NOT_ALLOWED
 from kvmfleet.domain.authorization import HostGrant, Refusal, authorize, summary
 from kvmfleet.domain.conditions import Condition, Status, parse_rfc3339
+from kvmfleet.domain.diskstate import DISK_IN_USE_ELSEWHERE, Owner
+from kvmfleet.domain.diskuse import users_elsewhere
 from kvmfleet.domain.power import Call, Transition, plan_power
 from kvmfleet.domain.specs import RunStrategy, VirtualNodeSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
@@ -246,7 +248,7 @@ async def _on_host(  # noqa: PLR0917 - the pass's whole context
 
     disks = await vmdisks.ensure(
         host,
-        node.name,
+        Owner(node.namespace or "", node.name, node.uid),
         spec,
         ctx.settings.mount_root,
         running=before in (PowerState.ON, PowerState.PAUSED),
@@ -256,19 +258,23 @@ async def _on_host(  # noqa: PLR0917 - the pass's whole context
         metrics.VM_OPERATIONS.labels("create-disk", "success").inc()
     for path in disks.grown:
         outcome.note("DiskGrown", f"grew {path}")
+    for path in disks.claimed:
+        owner = f"{node.namespace}/{node.name}"
+        outcome.note("DiskClaimed", f"owner record of {path} now names {owner}")
     if disks.created:
         failpoints.hit("after-disk")
     outcome.status["disks"] = disks.status
     missing = len(disks.status) < len(spec.disks)
     conds[DISKS_READY] = (
-        Condition(DISKS_READY, Status.FALSE, "DiskProblem", "; ".join(disks.problems))
+        Condition(DISKS_READY, Status.FALSE, disks.problems[0].reason, disks.messages())
         if disks.problems
         else Condition(DISKS_READY, Status.TRUE, "Ready", f"{len(disks.status)} disk(s) ready")
     )
     if missing:
-        message = "; ".join(disks.problems)
+        message = disks.messages()
+        reason = disks.problems[0].reason if disks.problems else "DiskProblem"
         outcome.status["phase"] = "Provisioning"
-        _summarise(outcome, conds, ready=False, reason="DiskProblem", message=message)
+        _summarise(outcome, conds, ready=False, reason=reason, message=message)
         outcome.requeue_after, outcome.retry_message = RETRY, message
         return
 
@@ -321,6 +327,12 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
         now=now,
         grace_seconds=spec.shutdown_grace_period_seconds,
     )
+    if Call.START in plan.calls and await _image_in_use_elsewhere(run, locations):
+        outcome.status["lastActions"] = dict(node.status.get("lastActions") or {})
+        outcome.status["powerTransition"] = transition_raw or None
+        await _observe(run, creds, None, result)
+        outcome.requeue_after, outcome.retry_message = RETRY, conds[DISKS_READY].message
+        return
     for call in plan.calls:
         await _power_call(ctx, guests, node.name, call)
     for kind, reason, message in plan.events:
@@ -377,6 +389,22 @@ async def _apply_credentials(
         "PasswordSet",
         f"Secret {creds.secret_name} holds the password the domain accepts",
     )
+
+
+async def _image_in_use_elsewhere(run: _Pass, locations: list[Any]) -> bool:
+    """One image, one running VM: refuse a start while another KvmHost runs one of its disks."""
+    hosts = await run.ctx.blocking(run.ctx.kube.list_cluster_objects, "kvmhosts")
+    users = users_elsewhere(run.host.name, locations, hosts, run.ctx.settings.mount_root)
+    if not users:
+        return False
+    message = f"not started: {'; '.join(users)} (one image, one running VM)"
+    before: dict[str, Any] = next(
+        (c for c in run.node.status.get("conditions") or [] if c.get("type") == DISKS_READY), {}
+    )
+    if before.get("reason") != DISK_IN_USE_ELSEWHERE:
+        run.outcome.warn(DISK_IN_USE_ELSEWHERE, message)
+    run.conds[DISKS_READY] = Condition(DISKS_READY, Status.FALSE, DISK_IN_USE_ELSEWHERE, message)
+    return True
 
 
 async def _power_call(ctx: Context, guests: Guests, name: str, call: Call) -> None:

@@ -148,6 +148,11 @@ def test_block_device(path: str) -> list[str]:
     return ["test", "-b", validate_absolute_path(path, "path")]
 
 
+def test_directory(path: str) -> list[str]:
+    """Exit 0 if ``path`` is a directory (following symlinks)."""
+    return ["test", "-d", validate_absolute_path(path, "path")]
+
+
 def test_exists(path: str) -> list[str]:
     """Exit 0 if ``path`` exists (any type)."""
     return ["test", "-e", validate_absolute_path(path, "path")]
@@ -210,9 +215,14 @@ def qemu_img_create(
     return argv
 
 
-def qemu_img_info(path_or_url: str, backing_chain: bool = False) -> list[str]:
-    """Image facts as JSON; ``-U`` (no lock) so it works while a VM uses the image."""
-    argv = ["qemu-img", "info", "--output=json", "-U"]
+def qemu_img_info(path_or_url: str, backing_chain: bool = False, fmt: str = "qcow2") -> list[str]:
+    """Image facts as JSON; ``-U`` (no lock) so it works while a VM uses the image.
+
+    The format is always named (``-f``): qemu-img never probes it, so garbage over a
+    qcow2 header is an error, not a "raw" image. With ``backing_chain`` qemu-img follows
+    the backing files with the formats their overlays record.
+    """
+    argv = ["qemu-img", "info", "--output=json", "-U", "-f", _format(fmt)]
     if backing_chain:
         argv.append("--backing-chain")
     return [*argv, image_location(path_or_url)]

@@ -29,12 +29,26 @@ for name in ("nfs_parse_url_full", "nfs_parse_url_dir"):
 lib.nfs_mount.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
 lib.nfs_unlink.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 lib.nfs_statvfs.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+lib.nfs_stat64.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+lib.nfs_open.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+lib.nfs_creat.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+lib.nfs_read.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p]
+lib.nfs_write.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p]
+lib.nfs_fsync.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+lib.nfs_close.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+lib.nfs_rename.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+import errno, os
+def errname(rc):
+    return {"errno": errno.errorcode.get(-rc, str(rc))}
+def kind(mode):
+    kinds = {0o100000: "file", 0o040000: "directory", 0o120000: "symlink"}
+    return kinds.get(mode & 0o170000, "other")
 ctx = lib.nfs_init_context()
 def fail(what):
     err = (lib.nfs_get_error(ctx) or b"").decode(errors="replace")
     print(json.dumps({"ok": False, "error": what + ": " + err}))
     sys.exit(3)
-u = (lib.nfs_parse_url_full if op == "unlink" else lib.nfs_parse_url_dir)(ctx, url.encode())
+u = (lib.nfs_parse_url_dir if op == "statvfs" else lib.nfs_parse_url_full)(ctx, url.encode())
 if not u:
     fail("cannot parse the URL")
 if lib.nfs_mount(ctx, u.contents.server, u.contents.path) != 0:
@@ -44,6 +58,35 @@ if op == "unlink":
     if rc not in (0, -2):
         fail("cannot remove the file")
     print(json.dumps({"ok": True, "removed": rc == 0}))
+elif op == "probe":
+    path, limit = u.contents.file, int(sys.argv[3])
+    out = {"ok": True, "pool": {"type": "directory"}, "fstype": None}
+    st = (ctypes.c_uint64 * 64)()
+    rc = lib.nfs_stat64(ctx, path, st)
+    out["image"] = {"type": kind(st[2])} if rc == 0 else errname(rc)
+    fh = ctypes.c_void_p()
+    rc = lib.nfs_open(ctx, path + b".owner.json", os.O_RDONLY, ctypes.byref(fh))
+    if rc != 0:
+        out["owner"] = errname(rc)
+    else:
+        buf = ctypes.create_string_buffer(limit)
+        count = lib.nfs_read(ctx, fh, limit, buf)
+        lib.nfs_close(ctx, fh)
+        text = buf.raw[:max(count, 0)].decode("utf-8", "replace")
+        out["owner"] = errname(count) if count < 0 else {"text": text}
+    print(json.dumps(out))
+elif op == "write":
+    data, path = sys.stdin.buffer.read(), u.contents.file
+    fh = ctypes.c_void_p()
+    if lib.nfs_creat(ctx, path + b".tmp", 0o600, ctypes.byref(fh)) != 0:
+        fail("cannot create the file")
+    if lib.nfs_write(ctx, fh, len(data), data) != len(data) or lib.nfs_fsync(ctx, fh) != 0:
+        lib.nfs_close(ctx, fh)
+        fail("cannot write the file")
+    lib.nfs_close(ctx, fh)
+    if lib.nfs_rename(ctx, path + b".tmp", path) != 0:
+        fail("cannot rename the file")
+    print(json.dumps({"ok": True}))
 else:
     buf = (ctypes.c_ulong * 20)()
     if lib.nfs_statvfs(ctx, b"/", buf) != 0:
@@ -77,9 +120,25 @@ def _url(storage: StorageURL, file_name: str | None = None) -> str:
 
 def unlink_argv(storage: StorageURL, file_name: str) -> list[str]:
     """argv that removes one file from the export (already gone counts as done)."""
+    _plain(file_name)
+    return ["python3", "-c", _PROGRAM, "unlink", _url(storage, file_name)]
+
+
+def probe_argv(storage: StorageURL, file_name: str, limit: int) -> list[str]:
+    """argv printing the image's type (or errno) and its owner record (the export answered)."""
+    _plain(file_name)
+    return ["python3", "-c", _PROGRAM, "probe", _url(storage, file_name), str(limit)]
+
+
+def write_argv(storage: StorageURL, file_name: str) -> list[str]:
+    """argv that atomically replaces one file of the export with its stdin."""
+    _plain(file_name)
+    return ["python3", "-c", _PROGRAM, "write", _url(storage, file_name)]
+
+
+def _plain(file_name: str) -> None:
     if "/" in file_name or file_name in ("", ".", ".."):
         raise ValueError(f"not a plain file name: {file_name!r}")
-    return ["python3", "-c", _PROGRAM, "unlink", _url(storage, file_name)]
 
 
 def statvfs_argv(storage: StorageURL) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import libvirt
 
+from kvmfleet.domain.diskuse import source_key
 from kvmfleet.domain.domainxml.metadata import XMLNS, NodeMetadata
 from kvmfleet.domain.domainxml.parse import LiveDomainInfo, parse_domain
 from kvmfleet.errors import PermanentError
@@ -200,6 +201,8 @@ class DomainSummary:
     state: PowerState
     owner: NodeMetadata | None = None
     persistent: bool = True
+    disks: tuple[str, ...] = ()
+    """Sources of its disks (paths, ``nfs://host/name``); filled for running domains only."""
 
     @property
     def uid(self) -> str | None:
@@ -231,12 +234,22 @@ def owner_of(domain: Any) -> NodeMetadata | None:
 def summarize(domain: Any) -> DomainSummary:
     """The :class:`DomainSummary` of a libvirt domain object."""
     state, _reason = domain.state()
+    power = power_state(state)
+    disks: tuple[str, ...] = ()
+    if power in (PowerState.ON, PowerState.PAUSED):
+        info = parse_domain(domain.XMLDesc(0))
+        disks = tuple(
+            key
+            for d in info.disks
+            if (key := source_key(d.source_type, d.source, d.host, d.protocol))
+        )
     return DomainSummary(
         name=domain.name(),
         uuid=domain.UUIDString(),
-        state=power_state(state),
+        state=power,
         owner=owner_of(domain),
         persistent=bool(domain.isPersistent()),
+        disks=disks,
     )
 
 

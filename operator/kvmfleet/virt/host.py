@@ -286,6 +286,10 @@ class Host:
         except LibvirtNotFoundError:
             return None
 
+    def pool_defined(self, name: str) -> bool:
+        """True if a storage pool of this name is defined (active or not)."""
+        return self._pool_or_none(name) is not None
+
     def ensure_dir_pool(self, name: str, path: str) -> PoolInfo:
         """A started, autostarted ``dir`` pool ``name`` at ``path`` (created if missing)."""
         name = validate_domain_name(name, "pool name")

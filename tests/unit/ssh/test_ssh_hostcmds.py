@@ -134,8 +134,11 @@ def test_other_qemu_img_commands() -> None:
         "info",
         "--output=json",
         "-U",
+        "-f",
+        "qcow2",
         "/v/x.qcow2",
     ]
+    assert hostcmds.qemu_img_info("/v/x.raw", fmt="raw")[5] == "raw"
     assert "--backing-chain" in hostcmds.qemu_img_info("/v/x.qcow2", backing_chain=True)
     assert hostcmds.qemu_img_resize("/v/x.qcow2", 2**31) == [
         "qemu-img",
