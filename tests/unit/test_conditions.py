@@ -94,6 +94,20 @@ def test_warning_already_announced_is_not_posted_again() -> None:
     assert [e.reason for e in new_events(status, other)] == ["InvalidSpec", "Started"]
 
 
+def test_entering_stalled_posts_one_warning() -> None:
+    from kvmfleet.handlers.common import new_events
+
+    stalled = Outcome(
+        conditions=cond.summary(ready=False, reason="HostNotFound", message="no kvmhost9")
+    )
+    [event] = new_events({}, stalled)
+    assert (event.type, event.reason, event.message) == ("Warning", "HostNotFound", "no kvmhost9")
+    status = status_patch({}, stalled, generation=1, now=T0)
+    assert new_events(status, stalled) == []  # the next tick: old news
+    waiting = Outcome(conditions=cond.summary(ready=False, reason="NoReadyHost", message="w"))
+    assert new_events({}, waiting) == []  # a transient wait posts nothing
+
+
 def test_unknown_status_string_reads_as_unknown() -> None:
     [c] = cond.parse_conditions([{"type": "Ready", "status": "Maybe"}])
     assert c.status is cond.Status.UNKNOWN

@@ -91,14 +91,17 @@ def forget(kind: str, body: kopf.Body) -> None:
 
 
 def new_events(status: Mapping[str, Any], outcome: Outcome) -> list[Event]:
-    """The outcome's events minus Warnings already announced.
+    """The outcome's events, announcing a state that needs a person once.
 
-    A permanent error is retried on every timer tick; its Warning is posted once, when the
-    object enters that state: not again while status.conditions already shows Ready=False
-    with the same reason and message.
+    - A Warning already announced is dropped: a permanent error is retried on every timer
+      tick, and while status.conditions shows Ready=False with the same reason and message
+      the news is old.
+    - Entering Stalled (the reason table says it needs a person) posts one Warning with
+      the Stalled reason and message, unless the outcome already carries a Warning.
     """
-    ready = cond.find(cond.parse_conditions(status.get("conditions")), cond.READY)
-    return [
+    old = cond.parse_conditions(status.get("conditions"))
+    ready = cond.find(old, cond.READY)
+    events = [
         event
         for event in outcome.events
         if not (
@@ -108,6 +111,18 @@ def new_events(status: Mapping[str, Any], outcome: Outcome) -> list[Event]:
             and (ready.reason, ready.message) == (event.reason, event.message)
         )
     ]
+    stalled = cond.find(outcome.conditions, cond.STALLED)
+    if stalled is None or stalled.status is not cond.Status.TRUE:
+        return events
+    before = cond.find(old, cond.STALLED)
+    announced = (
+        before is not None
+        and before.status is cond.Status.TRUE
+        and (before.reason, before.message) == (stalled.reason, stalled.message)
+    )
+    if not announced and not any(e.type == "Warning" for e in outcome.events):
+        events.append(Event("Warning", stalled.reason, stalled.message))
+    return events
 
 
 def only_own_labels(diff: Any) -> bool:
