@@ -369,10 +369,13 @@ def user_roles(cluster: Kubectl, helm: str, namespace: str) -> Iterator[list[dic
             cluster.run("delete", "clusterrole", doc["metadata"]["name"], "--ignore-not-found")
 
 
-def _can(cluster: Kubectl, user: str, verb: str, resource: str, namespace: str) -> bool:
-    result = cluster.run(
-        "auth", "can-i", verb, resource, f"--as={user}", "-n", namespace, check=False
-    )
+def _can(
+    cluster: Kubectl, user: str, verb: str, resource: str, namespace: str, subresource: str = ""
+) -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={user}", "-n", namespace]
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    result = cluster.run(*args, check=False)
     answer = result.stdout.strip()
     assert answer in ("yes", "no"), result.stdout + result.stderr
     return answer == "yes"
@@ -419,7 +422,8 @@ def test_namespace_editor_can_create_and_start_a_virtualnode_viewer_cannot(
         assert not _can(cluster, viewer, verb, VN, namespace), f"view: {verb} {VN}"
         assert not _can(cluster, viewer, verb, VMM, namespace), f"view: {verb} {VMM}"
     # Nobody but the operator writes status; KvmHosts stay with cluster administrators.
-    assert not _can(cluster, editor, "patch", "virtualnodes.kvmfleet.io/status", namespace)
+    assert not _can(cluster, editor, "patch", VN, namespace, subresource="status")
+    assert _can(cluster, viewer, "get", VN, namespace, subresource="status")
     assert not _can(cluster, editor, "create", KH, namespace)
     # Only in the namespace of the binding.
     assert not _can(cluster, editor, "create", VN, "default")
