@@ -55,6 +55,7 @@ _HOST_SUMMARY: dict[str, Progress] = {
 # and a host key that does not verify, need a person; the rest is retried by the probe.
 _HOST_SUMMARY |= {
     "HostKeyVerifiedFalse": _STALL,
+    "VirtualizationCapableFalse": _STALL,  # no trial guest starts on the host at all
     "BridgesReadyFalse": _STALL,
     "StorageReadyFalse": _STALL,
 }
@@ -140,6 +141,8 @@ _TABLE: dict[str, Progress] = {
     "ActionRefused": _STALL,
     "ActionFailed": _STALL,
     "NotImplemented": _STALL,  # VmMaster: capture is planned, not built
+    "CpuNotSupported": _STALL,  # the spec.cpu asked for does not start on the host
+    "GuestsDoNotStart": _STALL,  # VirtualizationCapable=False: no trial guest starts
     **_HOST_SUMMARY,
 }
 
