@@ -38,6 +38,24 @@ def _host_summaries() -> set[str]:
     return {f"{t}{s}" for t in HOST_CONDITIONS for s in ("False", "Unknown")}
 
 
+def _pause_reasons() -> list[str]:
+    from kvmfleet.virt.guest import PauseReason
+
+    return [str(r) for r in PauseReason]
+
+
+def _pause_reasons() -> list[str]:
+    from kvmfleet.virt.guest import PauseReason
+
+    return [str(r) for r in PauseReason]
+
+
+def _authorization_reason() -> str:
+    from kvmfleet.domain.authorization import REASON
+
+    return REASON
+
+
 def _host_condition_events() -> set[str]:
     from kvmfleet.reconcile.hosts import HOST_CONDITIONS
 
@@ -54,6 +72,8 @@ DYNAMIC: dict[str, Callable[[], set[str]] | None] = {
     "problems[0].reason": None,
     "str(data.get('reason', ''))": None,
     "phase": lambda: {"Running", "Starting", "Stopped"},
+    "f'Paused{pause.reason}'": lambda: {f"Paused{r}" for r in _pause_reasons()},
+    "NOT_ALLOWED": lambda: {_authorization_reason()},
     "f'{first.type}{state}'": _host_summaries,
     "str(decision.reason)": lambda: {str(r) for r in PlacementReason},
     "_STAGE[furthest.code]": lambda: {str(r) for r in PlacementReason},
@@ -62,6 +82,7 @@ DYNAMIC: dict[str, Callable[[], set[str]] | None] = {
     "f'Host{rejected.code}'": lambda: {f"Host{r}" for r in HostRejection},
 }
 DYNAMIC_EVENTS: dict[str, Callable[[], set[str]] | None] = {
+    "NOT_ALLOWED": lambda: {_authorization_reason()},
     "error.reason": None,  # a PermanentError's reason: in the table
     "new.type": _host_condition_events,
     "f'{new.type}{new.status}'": _host_condition_events,

@@ -143,6 +143,36 @@ _TABLE: dict[str, Progress] = {
     "NotImplemented": _STALL,  # VmMaster: capture is planned, not built
     "CpuNotSupported": _STALL,  # the spec.cpu asked for does not start on the host
     "GuestsDoNotStart": _STALL,  # VirtualizationCapable=False: no trial guest starts
+    "CallTimeout": _RETRY,  # a blocking call did not return in time (hung host or API)
+    "NotAllowed": _STALL,  # the namespace may not use the host or its pools (tenancy)
+    "OutputTooLarge": _STALL,  # a host command printed more than the adapter keeps
+    # A paused domain: libvirt's pause reason; the ones libvirt ends by itself are waited for.
+    "PausedUnknown": _STALL,
+    "PausedUser": _STALL,
+    "PausedMigration": _RETRY,
+    "PausedSave": _RETRY,
+    "PausedDump": _RETRY,
+    "PausedIOError": _STALL,
+    "PausedNoSpace": _STALL,
+    "PausedWatchdog": _STALL,
+    "PausedFromSnapshot": _RETRY,
+    "PausedShuttingDown": _RETRY,
+    "PausedSnapshot": _RETRY,
+    "PausedCrashed": _STALL,
+    "PausedStartingUp": _RETRY,
+    "PausedPostcopy": _RETRY,
+    "PausedPostcopyFailed": _STALL,
+    "PausedAPIError": _STALL,
+    "PausedGuestSuspended": _STALL,
+    "Allowed": _DONE,  # Authorized: the namespace may use the host and its pools
+    "PasswordSet": _DONE,  # ConsoleReady: the Secret holds the password the domain accepts
+    "PasswordPending": _RETRY,  # ConsoleReady: the new VNC password applies from the next start
+    "Conflict": _RETRY,  # the object changed meanwhile; read again
+    "HostBusy": _RETRY,  # no SSH channel to the host became free in time
+    "InsufficientStorage": _RETRY,  # no host has the storage space free
+    "HostInsufficientStorage": _RETRY,  # the pinned host lacks storage space
+    "HostNotAllowed": _STALL,  # the pinned host does not allow the namespace (tenancy)
+    "SecretNotOwned": _STALL,  # ConsoleReady: a Secret of the VNC password's name belongs to something else
     **_HOST_SUMMARY,
 }
 
