@@ -172,7 +172,7 @@ _TABLE: dict[str, Progress] = {
     "InsufficientStorage": _RETRY,  # no host has the storage space free
     "HostInsufficientStorage": _RETRY,  # the pinned host lacks storage space
     "HostNotAllowed": _STALL,  # the pinned host does not allow the namespace (tenancy)
-    "SecretNotOwned": _STALL,  # ConsoleReady: a Secret of the VNC password's name belongs to something else
+    "SecretNotOwned": _STALL,  # ConsoleReady: the VNC password Secret's name is taken
     **_HOST_SUMMARY,
 }
 
