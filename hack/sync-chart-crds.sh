@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Keep the Helm chart's CRDs byte-identical to the ones in crds/ (the source of truth).
 #
-#   hack/sync-chart-crds.sh          copy crds/*.yaml into charts/kvmfleet/crds/, drop stale copies
+#   hack/sync-chart-crds.sh          copy crds/*.yaml into charts/kvmfleet/files/crds/, drop stale copies
 #   hack/sync-chart-crds.sh --check  change nothing; exit 1 and list the differences if out of sync
 #
 # tests/unit/test_chart.py fails with a pointer to this script when the copies drift.
@@ -9,7 +9,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SRC="${REPO}/crds"
-DST="${REPO}/charts/kvmfleet/crds"
+DST="${REPO}/charts/kvmfleet/files/crds"
 
 check=0
 case "${1:-}" in
@@ -28,7 +28,7 @@ for src in "${sources[@]}"; do
     if ! cmp -s "${src}" "${dst}"; then
         drift=1
         if [ "${check}" -eq 1 ]; then
-            printf 'out of sync: charts/kvmfleet/crds/%s\n' "${src##*/}"
+            printf 'out of sync: charts/kvmfleet/files/crds/%s\n' "${src##*/}"
         else
             mkdir -p "${DST}"
             cp "${src}" "${dst}"
@@ -40,10 +40,10 @@ for dst in "${DST}"/*; do
     if [ ! -e "${SRC}/${dst##*/}" ]; then
         drift=1
         if [ "${check}" -eq 1 ]; then
-            printf 'stale: charts/kvmfleet/crds/%s (not in crds/)\n' "${dst##*/}"
+            printf 'stale: charts/kvmfleet/files/crds/%s (not in crds/)\n' "${dst##*/}"
         else
             rm -f "${dst}"
-            printf 'removed stale charts/kvmfleet/crds/%s\n' "${dst##*/}"
+            printf 'removed stale charts/kvmfleet/files/crds/%s\n' "${dst##*/}"
         fi
     fi
 done

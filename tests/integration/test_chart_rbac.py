@@ -328,6 +328,170 @@ def test_rendered_workload_is_accepted_by_the_api_server(
     assert "deployment.apps" in result.stdout and "service" in result.stdout
 
 
+def test_rendered_crds_are_accepted_by_the_api_server(cluster: Kubectl, helm: str) -> None:
+    """The templated CRDs (labels, keep annotation) pass a server-side dry run on 1.20."""
+    docs = render(helm, "crds", "kvmfleet-system", {})
+    crds = [doc for doc in docs if doc["kind"] == "CustomResourceDefinition"]
+    assert len(crds) == 3
+    result = cluster.run(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=chart-dry-run",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}),
+    )
+    assert result.stdout.count("customresourcedefinition.apiextensions.k8s.io") == 3, result.stdout
+
+
+# --- people: the roles aggregated into view / edit / admin -------------------------------------
+
+
+@pytest.fixture
+def user_roles(cluster: Kubectl, helm: str, namespace: str) -> Iterator[list[dict[str, Any]]]:
+    """The chart's user ClusterRoles, applied; waits until Kubernetes aggregated them."""
+    release = f"users-{uuid.uuid4().hex[:6]}"
+    docs = render(helm, release, namespace, {})
+    roles = [
+        doc
+        for doc in docs
+        if doc["kind"] == "ClusterRole"
+        and doc["metadata"]["labels"].get("app.kubernetes.io/component") == "user-role"
+    ]
+    assert sorted(doc["metadata"]["name"].rsplit("-", 1)[1] for doc in roles) == ["edit", "view"]
+    try:
+        cluster.apply({"apiVersion": "v1", "kind": "List", "items": roles})
+        yield roles
+    finally:
+        for doc in roles:
+            cluster.run("delete", "clusterrole", doc["metadata"]["name"], "--ignore-not-found")
+
+
+def _can(
+    cluster: Kubectl, user: str, verb: str, resource: str, namespace: str, subresource: str = ""
+) -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={user}", "-n", namespace]
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    result = cluster.run(*args, check=False)
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), result.stdout + result.stderr
+    return answer == "yes"
+
+
+def test_namespace_editor_can_create_and_start_a_virtualnode_viewer_cannot(
+    cluster: Kubectl, namespace: str, user_roles: list[dict[str, Any]]
+) -> None:
+    editor, viewer = f"editor-{uuid.uuid4().hex[:6]}", f"viewer-{uuid.uuid4().hex[:6]}"
+    # Kubernetes' own roles, bound in one namespace only: nothing of kvmfleet's is bound.
+    cluster.run(
+        "create",
+        "rolebinding",
+        f"{editor}-edit",
+        "--clusterrole=edit",
+        f"--user={editor}",
+        "-n",
+        namespace,
+    )
+    cluster.run(
+        "create",
+        "rolebinding",
+        f"{viewer}-view",
+        "--clusterrole=view",
+        f"--user={viewer}",
+        "-n",
+        namespace,
+    )
+    # The clusterrole-aggregation controller folds our rules into edit and view.
+    deadline = time.monotonic() + 60
+    while not (
+        _can(cluster, editor, "create", VN, namespace)
+        and _can(cluster, viewer, "list", VN, namespace)
+    ):
+        assert time.monotonic() < deadline, "edit/view never gained the kvmfleet rules"
+        time.sleep(0.5)
+
+    for verb in ("get", "list", "watch", "create", "patch", "update", "delete"):
+        assert _can(cluster, editor, verb, VN, namespace), f"edit: {verb} {VN}"
+        assert _can(cluster, editor, verb, VMM, namespace), f"edit: {verb} {VMM}"
+    for verb in ("get", "list", "watch"):
+        assert _can(cluster, viewer, verb, VN, namespace), f"view: {verb} {VN}"
+    for verb in ("create", "patch", "update", "delete"):
+        assert not _can(cluster, viewer, verb, VN, namespace), f"view: {verb} {VN}"
+        assert not _can(cluster, viewer, verb, VMM, namespace), f"view: {verb} {VMM}"
+    # Nobody but the operator writes status; KvmHosts stay with cluster administrators.
+    assert not _can(cluster, editor, "patch", VN, namespace, subresource="status")
+    assert _can(cluster, viewer, "get", VN, namespace, subresource="status")
+    assert not _can(cluster, editor, "create", KH, namespace)
+    # Only in the namespace of the binding.
+    assert not _can(cluster, editor, "create", VN, "default")
+
+    # For real: the editor creates a VirtualNode and starts it; the viewer cannot do either.
+    name = f"users-{uuid.uuid4().hex[:6]}"
+    vm = {
+        "apiVersion": "kvmfleet.io/v1alpha1",
+        "kind": "VirtualNode",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"hostRef": "no-such-host", "cpus": 1, "memory": "256Mi", "runStrategy": "Halted"},
+    }
+    refused = cluster.run("create", f"--as={viewer}", "-f", "-", input=json.dumps(vm), check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused.stderr
+    try:
+        cluster.run("create", f"--as={editor}", "-f", "-", input=json.dumps(vm))
+        start = '{"spec":{"runStrategy":"Always"}}'
+        refused = cluster.run(
+            "patch",
+            "vn",
+            name,
+            "-n",
+            namespace,
+            f"--as={viewer}",
+            "--type=merge",
+            "-p",
+            start,
+            check=False,
+        )
+        assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused.stderr
+        cluster.run(
+            "patch", "vn", name, "-n", namespace, f"--as={editor}", "--type=merge", "-p", start
+        )
+        # `kubectl kvm start` writes the start annotation: a patch as well.
+        cluster.run(
+            "annotate",
+            "vn",
+            name,
+            "-n",
+            namespace,
+            f"--as={editor}",
+            "kvmfleet.io/start-requested-at=2026-01-01T00:00:00Z",
+        )
+        got = cluster.json("get", "vn", name, "-n", namespace, f"--as={viewer}")
+        assert got["spec"]["runStrategy"] == "Always"
+        refused = cluster.run(
+            "delete", "vn", name, "-n", namespace, f"--as={viewer}", "--wait=false", check=False
+        )
+        assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused.stderr
+    finally:
+        cluster.run(
+            "patch",
+            "vn",
+            name,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
+        cluster.run(
+            "delete", "vn", name, "-n", namespace, "--ignore-not-found", "--wait=false", check=False
+        )
+        for binding in (f"{editor}-edit", f"{viewer}-view"):
+            cluster.run("delete", "rolebinding", binding, "-n", namespace, check=False)
+
+
 def test_rendered_dashboard_is_accepted_by_the_api_server(
     cluster: Kubectl, helm: str, namespace: str
 ) -> None:

@@ -160,6 +160,16 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def operator_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's own ClusterRole (not the user roles aggregated into view/edit/admin)."""
+    (role,) = [d for d in by_kind(docs, "ClusterRole") if not is_user_role(d)]
+    return role
+
+
+def is_user_role(doc: dict[str, Any]) -> bool:
+    return doc["metadata"]["labels"].get("app.kubernetes.io/component") == "user-role"
+
+
 def container_env(deployment: dict[str, Any]) -> dict[str, str]:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return {
@@ -188,7 +198,12 @@ def test_defaults_render_the_operator_and_its_cluster_wide_rbac(helm: str) -> No
     docs = render(helm)
     assert sorted(doc["kind"] for doc in docs) == [
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRole",
         "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
         "Deployment",
         "Role",
         "RoleBinding",
@@ -200,7 +215,7 @@ def test_defaults_render_the_operator_and_its_cluster_wide_rbac(helm: str) -> No
         assert labels["app.kubernetes.io/name"] == "kvmfleet"
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
 
 
@@ -280,8 +295,13 @@ def test_every_optional_feature_renders(helm: str) -> None:
     kinds = sorted(doc["kind"] for doc in docs)
     assert kinds == [
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRole",
         "ClusterRoleBinding",
         "ConfigMap",
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
         "Deployment",
         "PrometheusRule",
         "Role",
@@ -369,7 +389,7 @@ def test_watch_namespaces_renders_roles_per_namespace(helm: str) -> None:
     # Kopf posts the Events of cluster-scoped KvmHosts in "default".
     assert grants_of(roles["default"]) == {("", "events"): {"create"}}
 
-    cluster = grants_of(one(docs, "ClusterRole"))
+    cluster = grants_of(operator_role(docs))
     assert ("", "secrets") not in cluster
     assert ("", "events") not in cluster
     assert cluster[("kvmfleet.io", "virtualnodes")] == {"list"}
@@ -442,6 +462,16 @@ def test_notes_tell_the_next_steps(helm: str) -> None:
         ({"podSecurityContext": {"seccompProfile": {"type": "Whatever"}}}, "seccompProfile"),
         ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
         ({"tolerations": {"key": "x"}}, "/tolerations"),
+        # Security contexts are closed: a misspelt key is refused, not silently ignored.
+        ({"securityContext": {"runAsNonroot": True}}, "runAsNonroot"),
+        ({"securityContext": {"readOnlyRootFS": True}}, "readOnlyRootFS"),
+        ({"podSecurityContext": {"fsgroup": 1}}, "fsgroup"),
+        ({"podSecurityContext": {"seLinuxOptions": {"label": "x"}}}, "label"),
+        ({"securityContext": {"seccompProfile": {"profile": "x"}}}, "seccompProfile"),
+        ({"image": {"digest": "latest"}}, "/image/digest"),
+        ({"crds": {"install": "yes"}}, "/crds/install"),
+        ({"crds": {"upgrade": True}}, "upgrade"),
+        ({"startupProbe": {"failureTreshold": 3}}, "failureTreshold"),
     ],
 )
 def test_schema_rejects_bad_values(helm: str, values: dict[str, Any], complaint: str) -> None:
@@ -530,7 +560,8 @@ def grants_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 )
 def test_rbac_is_least_privilege(helm: str, values: dict[str, Any] | None) -> None:
     docs = render(helm, values)
-    roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+    roles = [d for d in by_kind(docs, "ClusterRole") if not is_user_role(d)]
+    roles += by_kind(docs, "Role")
     assert roles
     for role in roles:
         where = f"{role['kind']} in {role['metadata'].get('namespace', 'the cluster')}"
@@ -554,7 +585,7 @@ def test_rbac_is_least_privilege(helm: str, values: dict[str, Any] | None) -> No
 
 
 def test_cluster_wide_rbac_matches_the_design(helm: str) -> None:
-    grants = grants_of(one(render(helm), "ClusterRole"))
+    grants = grants_of(operator_role(render(helm)))
     assert grants == {
         ("kvmfleet.io", "kvmhosts"): {"get", "list", "watch", "patch"},
         ("kvmfleet.io", "virtualnodes"): {"list", "watch", "patch"},
@@ -679,7 +710,8 @@ def test_rbac_grants_exactly_the_verbs_the_code_uses(
         used.setdefault(need, f"Kopf: {why}")
     docs = render(helm, values)
     granted: set[tuple[str, str, str]] = set()
-    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+    operator_roles = [d for d in by_kind(docs, "ClusterRole") if not is_user_role(d)]
+    for role in operator_roles + by_kind(docs, "Role"):
         for (group, resource), verbs in grants_of(role).items():
             granted |= {(group, resource, verb) for verb in verbs}
     unused = sorted(granted - set(used))
@@ -734,12 +766,141 @@ def test_every_rbac_rule_says_why(name: str) -> None:
 
 def test_chart_crds_are_identical_copies() -> None:
     source = {p.name: p.read_bytes() for p in sorted((ROOT / "crds").glob("*.yaml"))}
-    copies = {p.name: p.read_bytes() for p in sorted((CHART / "crds").glob("*"))}
+    copies = {p.name: p.read_bytes() for p in sorted((CHART / "files" / "crds").glob("*"))}
     hint = "the chart's CRDs differ from crds/: run hack/sync-chart-crds.sh"
     assert source, "no CRDs in crds/"
     assert sorted(copies) == sorted(source), hint
     for name, data in source.items():
-        assert copies[name] == data, f"charts/kvmfleet/crds/{name}: {hint}"
+        assert copies[name] == data, f"charts/kvmfleet/files/crds/{name}: {hint}"
+    # Not in crds/: Helm would install those once and never upgrade them, and the templated
+    # ones would then collide with them.
+    assert not (CHART / "crds").exists()
+
+
+def _source_crds() -> dict[str, dict[str, Any]]:
+    docs = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
+    return {doc["metadata"]["name"]: doc for doc in docs}
+
+
+def test_crds_render_as_the_source_with_keep(helm: str) -> None:
+    source = _source_crds()
+    rendered = {d["metadata"]["name"]: d for d in by_kind(render(helm), "CustomResourceDefinition")}
+    assert sorted(rendered) == sorted(source)
+    for name, crd in rendered.items():
+        assert crd["spec"] == source[name]["spec"], name
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        labels = crd["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "kvmfleet"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert "namespace" not in crd["metadata"]
+
+
+def test_crds_switches(helm: str) -> None:
+    unkept = by_kind(render(helm, {"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert len(unkept) == 3
+    assert all(
+        "helm.sh/resource-policy" not in (d["metadata"].get("annotations") or {}) for d in unkept
+    )
+    assert not by_kind(render(helm, {"crds": {"install": False}}), "CustomResourceDefinition")
+
+
+def test_startup_probe_and_image_digest(helm: str) -> None:
+    digest = "sha256:" + "ab" * 32
+    deployment = one(render(helm, {"image": {"digest": digest, "tag": "9.9"}}), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"ghcr.io/kvmfleet/kvmfleet@{digest}"
+    probe = container["startupProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert probe["failureThreshold"] * probe["periodSeconds"] >= 60
+    plain = one(render(helm), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert plain["image"] == "ghcr.io/kvmfleet/kvmfleet:0.1.0"
+
+
+def test_user_roles_aggregate_into_view_edit_admin(helm: str) -> None:
+    docs = render(helm)
+    roles = {d["metadata"]["name"]: d for d in by_kind(docs, "ClusterRole") if is_user_role(d)}
+    assert set(roles) == {"kvmfleet-view", "kvmfleet-edit"}
+    view, edit = roles["kvmfleet-view"], roles["kvmfleet-edit"]
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {
+        k for k, v in view["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"
+    } == {f"{aggregate}view", f"{aggregate}edit", f"{aggregate}admin"}
+    assert {
+        k for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"
+    } == {f"{aggregate}edit", f"{aggregate}admin"}
+    read = {"get", "list", "watch"}
+    assert grants_of(view) == {
+        ("kvmfleet.io", r): read
+        for r in (
+            "virtualnodes",
+            "virtualnodes/status",
+            "vmmasters",
+            "vmmasters/status",
+            "kvmhosts",
+            "kvmhosts/status",
+        )
+    }
+    assert grants_of(edit) == {
+        ("kvmfleet.io", r): {"create", "update", "patch", "delete", "deletecollection"}
+        for r in ("virtualnodes", "vmmasters")
+    }
+    # KvmHosts (SSH address + key reference) stay with cluster administrators: no role here
+    # writes them. The switch turns the user roles off.
+    assert not [
+        d for d in render(helm, {"rbac": {"aggregateToDefaultRoles": False}}) if is_user_role(d)
+    ]
+
+
+def test_readme_lists_every_value() -> None:
+    """charts/kvmfleet/README.md has a values table with every leaf of values.yaml."""
+    readme = (CHART / "README.md").read_text().split("\n## Values\n", 1)[1]
+    rows = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme, re.M))
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    keys = {".".join(path) for path in _value_keys(values)}
+    missing = sorted(keys - rows)
+    assert not missing, f"charts/kvmfleet/README.md lacks rows for {missing}"
+    assert not sorted(rows - keys), "README.md lists values that do not exist"
+
+
+def _value_keys(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Documented keys: leaves, and maps/lists given as a whole (empty, resources, probes...)."""
+    whole = {
+        "resources",
+        "podSecurityContext",
+        "securityContext",
+        "startupProbe",
+        "livenessProbe",
+        "readinessProbe",
+        "nodeSelector",
+        "affinity",
+        "tolerations",
+        "podAnnotations",
+        "podLabels",
+        "labels",
+        "annotations",
+    }
+    if isinstance(value, dict) and value and (not path or path[-1] not in whole):
+        for key, item in value.items():
+            yield from _value_keys(item, (*path, key))
+    else:
+        yield path
+
+
+def test_chart_metadata_for_artifact_hub() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    for key in ("home", "sources", "maintainers", "kubeVersion", "keywords"):
+        assert chart.get(key), key
+    notes = chart["annotations"]
+    assert notes["artifacthub.io/license"] == "Apache-2.0"
+    assert notes["artifacthub.io/operator"] == "true"
+    crds = yaml.safe_load(notes["artifacthub.io/crds"])
+    assert {c["kind"] for c in crds} == {"KvmHost", "VirtualNode", "VmMaster"}
+    examples = yaml.safe_load(notes["artifacthub.io/crdsExamples"])
+    assert {e["kind"] for e in examples} == {"KvmHost", "VirtualNode", "VmMaster"}
+    for link in yaml.safe_load(notes["artifacthub.io/links"]):
+        assert link["url"].startswith("https://")
+    (image,) = yaml.safe_load(notes["artifacthub.io/images"])
+    assert image["image"].endswith(":" + chart["appVersion"])
 
 
 def test_sync_script_agrees() -> None:

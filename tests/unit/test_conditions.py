@@ -39,8 +39,8 @@ def test_transition_time_kept_while_status_unchanged() -> None:
         ),
         ({"ready": False}, {"Ready": "False", "Reconciling": "True", "Stalled": "False"}),
         (
-            {"ready": False, "reconciling": False},
-            {"Ready": "False", "Reconciling": "False", "Stalled": "False"},
+            {"ready": False, "stalled": False},
+            {"Ready": "False", "Reconciling": "True", "Stalled": "False"},
         ),
     ],
 )
@@ -67,6 +67,45 @@ def test_status_patch_bumps_observed_generation_only() -> None:
     patch = status_patch(old, outcome, generation=2, now=T0)
     assert patch["observedGeneration"] == 2
     assert all(c["observedGeneration"] == 2 for c in patch["conditions"])
+
+
+def test_status_patch_leaves_observed_generation_alone_on_an_empty_tick() -> None:
+    """A timer tick that did nothing did not reconcile the new generation."""
+    outcome = Outcome(conditions=cond.summary(ready=True, reason="Ok", message="fine"))
+    old = status_patch({}, outcome, generation=1, now=T0)
+    assert status_patch(old, Outcome(), generation=2, now=T0) == {}
+    skipped = Outcome()
+    skipped.status["phase"] = "Running"
+    assert "observedGeneration" not in status_patch(old, skipped, generation=2, now=T0)
+
+
+def test_warning_already_announced_is_not_posted_again() -> None:
+    from kvmfleet.errors import PermanentError
+    from kvmfleet.handlers.common import new_events, outcome_for_error
+
+    first = outcome_for_error(PermanentError("bad spec", reason="InvalidSpec"))
+    assert [e.type for e in new_events({}, first)] == ["Warning"]
+    status = status_patch({}, first, generation=1, now=T0)
+    again = outcome_for_error(PermanentError("bad spec", reason="InvalidSpec"))
+    assert new_events(status, again) == []
+    other = outcome_for_error(PermanentError("other problem", reason="InvalidSpec"))
+    assert [e.message for e in new_events(status, other)] == ["other problem"]
+    other.note("Started", "x")
+    assert [e.reason for e in new_events(status, other)] == ["InvalidSpec", "Started"]
+
+
+def test_entering_stalled_posts_one_warning() -> None:
+    from kvmfleet.handlers.common import new_events
+
+    stalled = Outcome(
+        conditions=cond.summary(ready=False, reason="HostNotFound", message="no kvmhost9")
+    )
+    [event] = new_events({}, stalled)
+    assert (event.type, event.reason, event.message) == ("Warning", "HostNotFound", "no kvmhost9")
+    status = status_patch({}, stalled, generation=1, now=T0)
+    assert new_events(status, stalled) == []  # the next tick: old news
+    waiting = Outcome(conditions=cond.summary(ready=False, reason="NoReadyHost", message="w"))
+    assert new_events({}, waiting) == []  # a transient wait posts nothing
 
 
 def test_unknown_status_string_reads_as_unknown() -> None:

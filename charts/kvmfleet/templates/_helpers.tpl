@@ -43,8 +43,13 @@ app.kubernetes.io/part-of: kvmfleet
 {{- end }}
 {{- end }}
 
+{{/* <repository>@<digest> when image.digest is set, else <repository>:<tag or appVersion>. */}}
 {{- define "kvmfleet.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The metrics Service's name: Prometheus' `job` label when scraped through the ServiceMonitor. */}}

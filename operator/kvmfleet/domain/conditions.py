@@ -9,6 +9,9 @@ them (https://github.com/kubernetes-sigs/cli-utils/blob/master/pkg/kstatus/READM
   error: invalid spec, wrong host key, ...).
 - `Ready=True` when the object is what its spec asks for.
 
+Whenever Ready is False exactly one of Reconciling and Stalled is True; which one is
+decided by the reason table in domain/reasons.py.
+
 All functions here are pure: the current time is passed in, conditions go in and new
 lists come out, `lastTransitionTime` changes only when a condition's status changes.
 """
@@ -20,6 +23,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from kvmfleet.domain import reasons
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -167,14 +172,17 @@ def summary(
     ready: bool,
     reason: str,
     message: str,
-    stalled: bool = False,
-    reconciling: bool | None = None,
+    stalled: bool | None = None,
 ) -> list[Condition]:
-    """The three kstatus conditions for an outcome.
+    """The three kstatus conditions for an outcome: when not Ready, exactly one of
+    Reconciling and Stalled is True, with the same reason.
 
     - ready: Ready=True, Reconciling=False, Stalled=False.
-    - stalled (a permanent error): Ready=False, Reconciling=False, Stalled=True, same reason.
-    - otherwise still progressing: Ready=False, Reconciling=True, Stalled=False.
+    - stalled (needs a person): Ready=False, Reconciling=False, Stalled=True.
+    - otherwise transient (working or retrying): Ready=False, Reconciling=True, Stalled=False.
+
+    `stalled=None` asks the reason table (domain/reasons.py); a caught PermanentError passes
+    True, as the adapters classified it.
     """
     if ready:
         return [
@@ -182,16 +190,15 @@ def summary(
             Condition(RECONCILING, Status.FALSE, reason, message),
             Condition(STALLED, Status.FALSE, reason, ""),
         ]
-    if stalled:
+    if stalled if stalled is not None else reasons.needs_person(reason):
         return [
             Condition(READY, Status.FALSE, reason, message),
             Condition(RECONCILING, Status.FALSE, reason, message),
             Condition(STALLED, Status.TRUE, reason, message),
         ]
-    progressing = True if reconciling is None else reconciling
     return [
         Condition(READY, Status.FALSE, reason, message),
-        Condition(RECONCILING, Status.of(progressing), reason, message),
+        Condition(RECONCILING, Status.TRUE, reason, message),
         Condition(STALLED, Status.FALSE, reason, ""),
     ]
 

@@ -13,7 +13,7 @@ from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
 from kvmfleet.errors import KvmfleetError, PermanentError, TemporaryError
 from kvmfleet.reconcile.context import CURRENT_HOST, Context
-from kvmfleet.reconcile.outcome import Outcome
+from kvmfleet.reconcile.outcome import Event, Outcome
 from kvmfleet.reconcile.status import is_ready, status_patch
 
 
@@ -90,6 +90,41 @@ def forget(kind: str, body: kopf.Body) -> None:
         _CONTEXT[0].activity.forget(name)
 
 
+def new_events(status: Mapping[str, Any], outcome: Outcome) -> list[Event]:
+    """The outcome's events, announcing a state that needs a person once.
+
+    - A Warning already announced is dropped: a permanent error is retried on every timer
+      tick, and while status.conditions shows Ready=False with the same reason and message
+      the news is old.
+    - Entering Stalled (the reason table says it needs a person) posts one Warning with
+      the Stalled reason and message, unless the outcome already carries a Warning.
+    """
+    old = cond.parse_conditions(status.get("conditions"))
+    ready = cond.find(old, cond.READY)
+    events = [
+        event
+        for event in outcome.events
+        if not (
+            event.type == "Warning"
+            and ready is not None
+            and ready.status is cond.Status.FALSE
+            and (ready.reason, ready.message) == (event.reason, event.message)
+        )
+    ]
+    stalled = cond.find(outcome.conditions, cond.STALLED)
+    if stalled is None or stalled.status is not cond.Status.TRUE:
+        return events
+    before = cond.find(old, cond.STALLED)
+    announced = (
+        before is not None
+        and before.status is cond.Status.TRUE
+        and (before.reason, before.message) == (stalled.reason, stalled.message)
+    )
+    if not announced and not any(e.type == "Warning" for e in outcome.events):
+        events.append(Event("Warning", stalled.reason, stalled.message))
+    return events
+
+
 def only_own_labels(diff: Any) -> bool:
     """True when a change touches nothing but metadata.labels (the operator's own host label
     is written while placing a VM: reacting to it would redo a whole pass for nothing)."""
@@ -111,10 +146,11 @@ def apply(
     for key, label in outcome.labels.items():
         if labels.get(key) != label:
             patch.metadata.labels[key] = label
-    for event in outcome.events:
+    for event in new_events(status, outcome):
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         log = logger.warning if event.type == "Warning" else logger.info
-        log("%s: %s", event.reason, event.message)
+        # k8s_skip: this line must never become a second ("Logging") Event of the same news.
+        log("%s: %s", event.reason, event.message, extra={"k8s_skip": True})
     metrics.set_ready(
         kind, body.metadata.namespace or "", body.metadata.name or "", is_ready(status, changes)
     )

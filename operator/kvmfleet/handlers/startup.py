@@ -26,6 +26,10 @@ async def configure(
     # finalizer and labels to metadata (GitOps tools own the rest).
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
+    # Events are kvmfleet's own (kopf.event with CamelCase reasons, docs/conditions.md):
+    # Kopf's log lines are never posted as Events, so an expected wait (a requeue that Kopf
+    # logs as "failed temporarily") is no `Error` Event and no news is posted twice.
+    settings.posting.loggers = False
     settings.posting.level = logging.WARNING
     settings.watching.connect_timeout = 30
     settings.watching.server_timeout = 300

@@ -131,9 +131,7 @@ async def _reach(
         _unknown_rest(conds, "the host cannot be reached")
         outcome.conditions = [
             *conds.values(),
-            *cond.summary(
-                ready=False, reason="HostUnreachable", message=error.message, reconciling=False
-            ),
+            *cond.summary(ready=False, reason="HostUnreachable", message=error.message),
         ]
         metrics.HOST_UP.labels(host.name).set(0)
     except NotFoundError as error:  # the key Secret
@@ -200,7 +198,6 @@ async def _converge(ctx: Context, host: Resource, spec: KvmHostSpec, outcome: Ou
             ready=False,
             reason=f"{first.type}{state}",
             message=first.message or first.type,
-            reconciling=False,
         )
     else:
         summary = cond.summary(ready=True, reason="HostReady", message=f"{spec.address} is ready")

@@ -17,7 +17,10 @@ def status_patch(
     generation: int | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """The status fields to patch: observedGeneration, merged conditions and changed fields."""
+    """The status fields to patch: observedGeneration, merged conditions and changed fields.
+
+    observedGeneration moves to `generation` only when the outcome carries conditions, i.e.
+    when this generation was actually reconciled."""
     old_status = old_status or {}
     patch: dict[str, Any] = {}
     for key, value in outcome.status.items():
@@ -28,7 +31,10 @@ def status_patch(
         merged = cond.merge(old_conditions, outcome.conditions, now=now, generation=generation)
         if cond.changed(old_conditions, merged):
             patch["conditions"] = cond.to_dicts(merged)
-    if generation is not None and old_status.get("observedGeneration") != generation:
+    # Only a pass that reconciled this generation (it always reports conditions) may say it
+    # was observed; a timer tick that skipped (empty outcome) leaves observedGeneration alone.
+    reconciled = bool(outcome.conditions)
+    if reconciled and generation is not None and old_status.get("observedGeneration") != generation:
         patch["observedGeneration"] = generation
     return patch
 

@@ -469,12 +469,7 @@ async def _observe(
         _summarise(outcome, conds, ready=True, reason=phase, message=f"{phase} on {host.name}")
     elif problems:
         _summarise(
-            outcome,
-            conds,
-            ready=False,
-            reason=problems[0].reason,
-            message=problems[0].message,
-            reconciling=False,
+            outcome, conds, ready=False, reason=problems[0].reason, message=problems[0].message
         )
     else:
         doing = f"{transition['action']} in progress" if transition else phase
@@ -496,7 +491,7 @@ def _paused(run: _Pass, pause: Pause) -> None:
         run.outcome.requeue_after, run.outcome.retry_message = 5.0, message
         return
     _summarise(
-        run.outcome, run.conds, ready=False, reason=reason, message=message, reconciling=False
+        run.outcome, run.conds, ready=False, reason=reason, message=message, stalled=True
     )
 
 
@@ -507,18 +502,23 @@ def _host_unavailable(
     host: str,
     error: KvmfleetError,
 ) -> None:
-    """An unreachable host: the VM's state is Unknown; nothing is deleted or recreated."""
+    """A host that cannot be used: the VM's state is Unknown; nothing is deleted or recreated.
+
+    Unreachable (a temporary error) is `HostUnavailable`, Reconciling: retried. A host that
+    refuses our key or shows another host key keeps that reason, Stalled: a person must
+    fix the KvmHost (the retry goes on and clears it)."""
     outcome.status["powerState"] = "Unknown"
     outcome.status["phase"] = "Unknown"
     metrics.set_power_state(node.namespace or "", node.name, "Unknown")
     conds[RUNNING] = Condition(RUNNING, Status.UNKNOWN, "HostUnavailable", error.message)
+    permanent = isinstance(error, PermanentError)
     _summarise(
         outcome,
         conds,
         ready=False,
-        reason="HostUnavailable",
+        reason=error.reason if permanent else "HostUnavailable",
         message=f"KvmHost {host}: {error.message}",
-        reconciling=False,
+        stalled=permanent,
     )
     outcome.requeue_after, outcome.retry_message = RETRY, error.message
 
@@ -555,12 +555,9 @@ def _summarise(
     ready: bool,
     reason: str,
     message: str,
-    reconciling: bool | None = None,
-    stalled: bool = False,
+    stalled: bool | None = None,
 ) -> None:
     outcome.conditions = [
         *conds.values(),
-        *cond.summary(
-            ready=ready, reason=reason, message=message, reconciling=reconciling, stalled=stalled
-        ),
+        *cond.summary(ready=ready, reason=reason, message=message, stalled=stalled),
     ]

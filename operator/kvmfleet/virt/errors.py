@@ -141,7 +141,7 @@ class LibvirtTemporaryError(LibvirtErrorDetails, TemporaryError):
 class LibvirtPermanentError(LibvirtErrorDetails, PermanentError):
     """libvirt refused the request itself (bad XML, unsupported configuration...)."""
 
-    reason = "LibvirtError"
+    reason = "LibvirtRefused"
 
 
 class OperationInvalidError(LibvirtPermanentError):

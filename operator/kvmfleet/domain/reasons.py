@@ -1,0 +1,190 @@
+"""Every condition reason kvmfleet can set, and what it means for `Reconciling` / `Stalled`.
+
+One table decides, for an object that is not Ready, which of the two kstatus conditions
+holds (cli-utils kstatus, Flux and the Argo CD health checks in charts/kvmfleet/argocd
+read them):
+
+- `RECONCILING`: transient. The operator is working on it or retrying by itself (a host
+  that does not answer, a VM that is starting, no capacity free yet). kstatus: InProgress;
+  Argo CD: Progressing.
+- `STALLED`: it will not get better without a person (an invalid spec, a refused SSH key,
+  a wrong host key, a bridge whose NIC does not exist, a feature that is not implemented).
+  The operator still retries on its timer and clears `Stalled` as soon as the cause is
+  gone. kstatus: Failed; Argo CD: Degraded.
+- `DONE`: the reason of a condition that holds (`Ready=True`, `Scheduled=True`, ...);
+  it never makes an object Stalled.
+
+Errors raised as `PermanentError` are Stalled and `TemporaryError` Reconciling wherever
+they are caught (the adapters classify them); their reasons are listed here as well so
+that this table is the whole list (tests/unit/test_reasons.py checks the code against it,
+and docs/conditions.md lists the same reasons).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class Progress(StrEnum):
+    """What a reason says about an object's progress."""
+
+    DONE = "Done"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+
+
+_DONE = Progress.DONE
+_RETRY = Progress.RECONCILING
+_STALL = Progress.STALLED
+
+HOST_CONDITION_TYPES = (
+    "Reachable",
+    "HostKeyVerified",
+    "VirtualizationCapable",
+    "LibvirtReady",
+    "BridgesReady",
+    "StorageReady",
+)
+"""The KvmHost conditions whose first non-True one names Ready's reason (`<Type><Status>`)."""
+
+_HOST_SUMMARY: dict[str, Progress] = {
+    f"{type_}{status}": _RETRY for type_ in HOST_CONDITION_TYPES for status in ("False", "Unknown")
+}
+# A bridge or a pool the host cannot provide (missing NIC, no NFS client, no block device),
+# and a host key that does not verify, need a person; the rest is retried by the probe.
+_HOST_SUMMARY |= {
+    "HostKeyVerifiedFalse": _STALL,
+    "VirtualizationCapableFalse": _STALL,  # no trial guest starts on the host at all
+    "BridgesReadyFalse": _STALL,
+    "StorageReadyFalse": _STALL,
+}
+
+_TABLE: dict[str, Progress] = {
+    # --- conditions that hold ------------------------------------------------------------
+    "HostReady": _DONE,  # KvmHost Ready
+    "Running": _DONE,  # VirtualNode Ready (phase) / Running; Ready=False while a transition runs
+    "Stopped": _DONE,  # VirtualNode Ready (phase); Ready=False while a transition runs
+    "Scheduled": _DONE,
+    "Ready": _DONE,  # DisksReady, BridgesReady, StorageReady
+    "Defined": _DONE,
+    "Connected": _DONE,  # Reachable, LibvirtReady
+    "Verified": _DONE,  # HostKeyVerified
+    "KVM": _DONE,  # VirtualizationCapable
+    "Emulated": _DONE,  # VirtualizationCapable (TCG)
+    # --- transient: working or retrying --------------------------------------------------
+    "Starting": _RETRY,  # VirtualNode: powering on / a transition in progress
+    "NotRunning": _RETRY,  # VirtualNode Running=False (Ready follows runStrategy)
+    "HostUnavailable": _RETRY,  # the VM's host does not answer: nothing is changed
+    "HostUnreachable": _RETRY,
+    "CommandTimeout": _RETRY,
+    "CommandFailed": _RETRY,
+    "LibvirtUnavailable": _RETRY,
+    "LibvirtError": _RETRY,  # libvirt failed in a way not known to be permanent
+    "LibvirtNotReady": _RETRY,
+    "NotProbed": _RETRY,
+    "ApiUnavailable": _RETRY,
+    "TemporaryFailure": _RETRY,
+    "Error": _RETRY,
+    "NotFound": _RETRY,
+    "NoReadyHost": _RETRY,  # placement waits for a Ready host
+    "InsufficientCapacity": _RETRY,  # ... or for capacity, as a Pending pod does
+    "HostNotReady": _RETRY,  # the pinned host is not Ready (yet)
+    "HostInMaintenance": _RETRY,
+    "HostInsufficientCPU": _RETRY,
+    "HostInsufficientMemory": _RETRY,
+    "HostInsufficientCPUAndMemory": _RETRY,
+    "Unschedulable": _RETRY,
+    # kubectl kvm (plugin) errors: never written to status, classified for completeness
+    "NotReady": _RETRY,
+    "NotPlaced": _RETRY,
+    "NoVncConsole": _RETRY,
+    "CredentialsExpired": _RETRY,
+    "Timeout": _RETRY,
+    "ConsoleBusy": _RETRY,
+    "ConsoleLost": _RETRY,
+    "VirtualNodeNotFound": _RETRY,
+    "KvmHostNotFound": _RETRY,
+    # --- needs a person ------------------------------------------------------------------
+    "InvalidSpec": _STALL,
+    "PermanentFailure": _STALL,
+    "NameInUse": _STALL,
+    "MacInUse": _STALL,
+    "MacSpaceExhausted": _STALL,
+    "DomainNameTaken": _STALL,
+    "InvalidDomainXML": _STALL,
+    "DiskProblem": _STALL,  # qemu-img's message, a missing block device, a refused shrink
+    "HostNotFound": _STALL,  # the pinned hostRef names no KvmHost
+    "NamespaceNotAllowed": _STALL,
+    "HostNamespaceNotAllowed": _STALL,
+    "MissingBridge": _STALL,  # no host has the bridge the VM asks for
+    "HostMissingBridge": _STALL,
+    "MissingStorage": _STALL,
+    "HostMissingStorage": _STALL,
+    "HostKeyMismatch": _STALL,
+    "HostKeyMissing": _STALL,
+    "AuthenticationFailed": _STALL,
+    "InvalidSSHKey": _STALL,
+    "SecretNotFound": _STALL,
+    "SecretKeyMissing": _STALL,
+    "SecretUnreadable": _STALL,
+    "ApiRefused": _STALL,
+    "KubeconfigInvalid": _STALL,
+    "UnexpectedOutput": _STALL,
+    "LibvirtRefused": _STALL,  # libvirt refused the request itself (bad XML, unsupported)
+    "OperationInvalid": _STALL,
+    "NFSMountUnsupported": _STALL,
+    "StoragePoolConflict": _STALL,
+    "BridgeFailed": _STALL,
+    "StorageFailed": _STALL,
+    "NoSuchConsole": _STALL,
+    "ActionRefused": _STALL,
+    "ActionFailed": _STALL,
+    "NotImplemented": _STALL,  # VmMaster: capture is planned, not built
+    "CpuNotSupported": _STALL,  # the spec.cpu asked for does not start on the host
+    "GuestsDoNotStart": _STALL,  # VirtualizationCapable=False: no trial guest starts
+    "CallTimeout": _RETRY,  # a blocking call did not return in time (hung host or API)
+    "NotAllowed": _STALL,  # the namespace may not use the host or its pools (tenancy)
+    "OutputTooLarge": _STALL,  # a host command printed more than the adapter keeps
+    # A paused domain: libvirt's pause reason; the ones libvirt ends by itself are waited for.
+    "PausedUnknown": _STALL,
+    "PausedUser": _STALL,
+    "PausedMigration": _RETRY,
+    "PausedSave": _RETRY,
+    "PausedDump": _RETRY,
+    "PausedIOError": _STALL,
+    "PausedNoSpace": _STALL,
+    "PausedWatchdog": _STALL,
+    "PausedFromSnapshot": _RETRY,
+    "PausedShuttingDown": _RETRY,
+    "PausedSnapshot": _RETRY,
+    "PausedCrashed": _STALL,
+    "PausedStartingUp": _RETRY,
+    "PausedPostcopy": _RETRY,
+    "PausedPostcopyFailed": _STALL,
+    "PausedAPIError": _STALL,
+    "PausedGuestSuspended": _STALL,
+    "Allowed": _DONE,  # Authorized: the namespace may use the host and its pools
+    "PasswordSet": _DONE,  # ConsoleReady: the Secret holds the password the domain accepts
+    "PasswordPending": _RETRY,  # ConsoleReady: the new VNC password applies from the next start
+    "Conflict": _RETRY,  # the object changed meanwhile; read again
+    "HostBusy": _RETRY,  # no SSH channel to the host became free in time
+    "InsufficientStorage": _RETRY,  # no host has the storage space free
+    "HostInsufficientStorage": _RETRY,  # the pinned host lacks storage space
+    "HostNotAllowed": _STALL,  # the pinned host does not allow the namespace (tenancy)
+    "SecretNotOwned": _STALL,  # ConsoleReady: the VNC password Secret's name is taken
+    **_HOST_SUMMARY,
+}
+
+REASONS = MappingProxyType(_TABLE)
+"""reason -> Progress, for every reason the code can set."""
+
+
+def progress_of(reason: str) -> Progress:
+    """The table's verdict; a reason missing from it (a bug the tests catch) is transient."""
+    return REASONS.get(reason, Progress.RECONCILING)
+
+
+def needs_person(reason: str) -> bool:
+    """Whether an object not Ready for this reason is Stalled (rather than Reconciling)."""
+    return progress_of(reason) is Progress.STALLED
