@@ -31,6 +31,17 @@ CONDITIONS_MD = ROOT / "docs" / "conditions.md"
 CAMEL = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 
 
+def _disk_reasons() -> dict[str, str]:
+    """The reason constants of domain/diskstate.py (what vmdisks and vmremove report)."""
+    from kvmfleet.domain import diskstate
+
+    return {
+        k: v
+        for k, v in vars(diskstate).items()
+        if k.isupper() and isinstance(v, str) and CAMEL.match(v)
+    }
+
+
 def _host_summaries() -> set[str]:
     from kvmfleet.reconcile.hosts import HOST_CONDITIONS
 
@@ -80,8 +91,14 @@ DYNAMIC: dict[str, Callable[[], set[str]] | None] = {
     "PlacementReason.SCHEDULED": lambda: {str(PlacementReason.SCHEDULED)},
     "PlacementReason.NO_READY_HOST": lambda: {str(PlacementReason.NO_READY_HOST)},
     "f'Host{rejected.code}'": lambda: {f"Host{r}" for r in HostRejection},
+    "DISK_IN_USE_ELSEWHERE": lambda: {_disk_reasons()["DISK_IN_USE_ELSEWHERE"]},
+    "DELETION_BLOCKED": lambda: {"DeletionBlocked"},
+    "disks.problems[0].reason": lambda: {*_disk_reasons().values(), "DiskProblem"},
+    "verdict.reason": lambda: set(_disk_reasons().values()),
 }
 DYNAMIC_EVENTS: dict[str, Callable[[], set[str]] | None] = {
+    "DISK_IN_USE_ELSEWHERE": lambda: {_disk_reasons()["DISK_IN_USE_ELSEWHERE"]},
+    "DELETION_BLOCKED": lambda: {"DeletionBlocked"},
     "NOT_ALLOWED": lambda: {_authorization_reason()},
     "error.reason": None,  # a PermanentError's reason: in the table
     "new.type": _host_condition_events,
@@ -139,7 +156,8 @@ def condition_reasons() -> dict[str, str]:
                     continue  # kopf.event(reason=event.reason): the Event itself, below
                 where = f"{rel}:{expr.lineno}"
                 for reason in _expand(expr, DYNAMIC, where):
-                    found.setdefault(reason, where)
+                    if reason:  # "" is a dataclass default meaning "no reason", never written
+                        found.setdefault(reason, where)
     return found
 
 

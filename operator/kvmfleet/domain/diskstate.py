@@ -41,6 +41,7 @@ OWNER_RECORD_UNREADABLE = "OwnerRecordUnreadable"
 DISK_OWNED_BY_OTHER = "DiskOwnedByOther"
 DISK_NOT_OWNED = "DiskNotOwned"
 DISK_IN_USE_ELSEWHERE = "DiskInUseElsewhere"
+SHRINK_REFUSED = "ShrinkRefused"
 
 
 class Existence(StrEnum):

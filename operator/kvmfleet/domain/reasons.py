@@ -173,6 +173,17 @@ _TABLE: dict[str, Progress] = {
     "HostInsufficientStorage": _RETRY,  # the pinned host lacks storage space
     "HostNotAllowed": _STALL,  # the pinned host does not allow the namespace (tenancy)
     "SecretNotOwned": _STALL,  # ConsoleReady: the VNC password Secret's name is taken
+    # Disks (vmdisks, vmremove): unknown states are retried; what a person must decide is not.
+    "StorageNotReady": _RETRY,  # pool directory / NFS mount / export not there right now
+    "DiskUnreadable": _STALL,  # qemu-img cannot read the image: corrupt header, permission
+    "DiskNotAFile": _STALL,  # a directory or symlink where the image should be
+    "BackingChainInvalid": _STALL,
+    "OwnerRecordUnreadable": _STALL,
+    "DiskOwnedByOther": _STALL,  # set adopt: true to take it
+    "DiskNotOwned": _STALL,  # no owner record: adopt it or remove it
+    "DiskInUseElsewhere": _RETRY,  # another host runs the image; starts once it is gone
+    "ShrinkRefused": _STALL,
+    "DeletionBlocked": _STALL,  # fix the cause, or set kvmfleet.io/orphan
     **_HOST_SUMMARY,
 }
 

@@ -490,9 +490,7 @@ def _paused(run: _Pass, pause: Pause) -> None:
         _summarise(run.outcome, run.conds, ready=False, reason=reason, message=message)
         run.outcome.requeue_after, run.outcome.retry_message = 5.0, message
         return
-    _summarise(
-        run.outcome, run.conds, ready=False, reason=reason, message=message, stalled=True
-    )
+    _summarise(run.outcome, run.conds, ready=False, reason=reason, message=message, stalled=True)
 
 
 def _host_unavailable(

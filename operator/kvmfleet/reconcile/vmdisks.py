@@ -15,6 +15,7 @@ from kvmfleet.domain.diskstate import (
     DISK_UNREADABLE,
     OWNER_RECORD_MAX_BYTES,
     OWNER_SUFFIX,
+    SHRINK_REFUSED,
     Action,
     ChainLink,
     Existence,
@@ -245,7 +246,7 @@ async def _ensure_one(  # noqa: PLR0917 - one disk's whole context
     elif disk.size_bytes is not None and image.virtual_size > disk.size_bytes:
         report.problems.append(
             Problem(
-                "ShrinkRefused",
+                SHRINK_REFUSED,
                 f"disk {disk.name}: shrinking from {image.virtual_size} to {disk.size_bytes} "
                 "bytes is refused (it would destroy data); the image keeps its size",
             )

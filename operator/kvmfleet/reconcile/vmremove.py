@@ -73,9 +73,7 @@ def _blocked(node: Resource, why: str, left: list[str], outcome: Outcome | None 
         f'or set the annotation {ORPHAN_ANNOTATION}="true" to leave them and let the object go'
     )
     outcome.status["phase"] = "Terminating"
-    outcome.conditions = cond.summary(
-        ready=False, reason=DELETION_BLOCKED, message=message, reconciling=False
-    )
+    outcome.conditions = cond.summary(ready=False, reason=DELETION_BLOCKED, message=message)
     before: dict[str, Any] = next(
         (c for c in node.status.get("conditions") or [] if c.get("type") == cond.READY), {}
     )
