@@ -162,8 +162,9 @@ def parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser(
         "migrate",
         parents=[common],
-        help="live-migrate the VM to HOST (rmigrate): sets spec.hostRef",
-        description="Live-migrate the VM to another KvmHost by setting spec.hostRef.",
+        help="set spec.hostRef to HOST (rmigrate; the move itself is planned)",
+        description="Set spec.hostRef to another KvmHost (rmigrate). Planned: the operator "
+        "does not move a placed VM yet, so --wait times out.",
     )
     migrate.add_argument("vm", metavar="VM")
     migrate.add_argument("host", metavar="HOST")

@@ -131,6 +131,13 @@ async def _converge(
     conds: dict[str, Condition],
 ) -> None:
     await _check_name(ctx, node)
+    if spec.source is not None:
+        # Never boot blank disks in place of a clone: nothing is placed or made.
+        raise PermanentError(
+            f"spec.source (a clone of VmMaster {spec.source.vm_master}) is planned, not "
+            "implemented yet: no disk is made and nothing is defined; remove spec.source",
+            reason="NotImplemented",
+        )
     try:
         placement = await ensure_placed(ctx, node, spec)
     except UnschedulableError as error:
