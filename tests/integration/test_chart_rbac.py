@@ -130,10 +130,18 @@ def _install(
                 )
 
 
+def _for_users(doc: dict[str, Any]) -> bool:
+    """A ClusterRole the chart aggregates into the user-facing view/edit/admin roles."""
+    labels = doc.get("metadata", {}).get("labels") or {}
+    return any(key.startswith("rbac.authorization.k8s.io/aggregate-to-") for key in labels)
+
+
 def _wait_until_effective(installed: Installed, rbac: list[dict[str, Any]]) -> None:
     """The authorizer learns new roles through a watch: wait until each one is in force."""
     probes = []
     for doc in rbac:
+        if _for_users(doc):
+            continue  # aggregated into view/edit/admin for people, not bound to the operator
         if doc["kind"] in ("ClusterRole", "Role"):
             rule = doc["rules"][0]
             group, (resource, _, sub) = rule["apiGroups"][0], rule["resources"][0].partition("/")
