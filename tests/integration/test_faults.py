@@ -103,11 +103,13 @@ def test_two_hundred_halted_vms_at_once_on_stock_sshd(
         {
             "apiVersion": "kvmfleet.io/v1alpha1",
             "kind": "VirtualNode",
-            "metadata": {"name": f"b{i:03d}", "namespace": burst_ns},
+            # Names unique to this run (the dir pool outlives a run), disks deleted with them.
+            "metadata": {"name": f"b{burst_ns[-6:]}-{i:03d}", "namespace": burst_ns},
             "spec": {
                 "cpus": 1,
                 "memory": "64Mi",
                 "runStrategy": "Halted",
+                "reclaimPolicy": "Delete",
                 "hostRef": hosts[i % len(hosts)]["name"],
                 "nics": [{"bridge": "br0"}],
                 "vnc": {"enabled": False},
