@@ -18,6 +18,9 @@ counters, `_seconds` for durations, `_bytes` for sizes). Exported on :8080/metri
 | kvmfleet_vm_power_state | gauge | namespace, name, state | 1 for the VM's observed power state |
 | kvmfleet_vm_operations_total | counter | operation, result | create, start, stop, reboot, reset, delete, migrate... |
 | kvmfleet_vm_operation_duration_seconds | histogram | operation | duration of such operations |
+| kvmfleet_vm_full_passes_total | counter | | full VirtualNode passes (placement, disks, definition, power) |
+| kvmfleet_vm_steady_checks_total | counter | | syncs of an unchanged VM answered by its host's inventory alone |
+| kvmfleet_host_inventory_reads_total | counter | host | batched domain inventories read from a host |
 | kvmfleet_ssh_commands_total | counter | host, result | remote commands run over SSH |
 | kvmfleet_ssh_commands_waiting | gauge | target | commands queued for a free SSH channel (the backlog) |
 | kvmfleet_ssh_channels_in_use | gauge | target | SSH channels (commands) open to the host |
@@ -119,6 +122,22 @@ VM_OPERATION_DURATION = Histogram(
     "Duration of VM operations.",
     ["operation"],
     buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
+)
+VM_FULL_PASSES = Counter(
+    "kvmfleet_vm_full_passes_total",
+    "Full VirtualNode passes (placement, disks, definition, power).",
+    registry=REGISTRY,
+)
+VM_STEADY_CHECKS = Counter(
+    "kvmfleet_vm_steady_checks_total",
+    "Syncs of an unchanged VM answered by its host's inventory alone.",
+    registry=REGISTRY,
+)
+HOST_INVENTORY_READS = Counter(
+    "kvmfleet_host_inventory_reads_total",
+    "Batched domain inventories read from a host.",
+    ["host"],
     registry=REGISTRY,
 )
 SSH_COMMANDS = Counter(

@@ -32,7 +32,19 @@ class Settings:
     """Seconds between two probes of a KvmHost (capabilities, bridges, storage, domains)."""
 
     vm_sync_interval: float = 30.0
-    """Seconds between two power-state syncs of a VirtualNode."""
+    """Seconds between two power-state syncs of a VirtualNode (against its host's inventory,
+    read once per host per interval)."""
+
+    vm_full_sync_interval: float = 600.0
+    """Seconds between two full passes of an unchanged, converged VirtualNode (disks,
+    definition, console), spread with jitter; in between, a sync compares the status with
+    the host's domain inventory only."""
+
+    max_concurrent_passes: int = 32
+    """Full VirtualNode passes running at once (others wait their turn: a burst queues)."""
+
+    secret_cache_seconds: float = 60.0
+    """Seconds an SSH key read from its Secret is reused before it is read again."""
 
     ssh_connect_timeout: float = 10.0
     """Seconds to wait for an SSH connection to a host."""

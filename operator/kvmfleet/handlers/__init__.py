@@ -3,6 +3,6 @@
 Importing this package registers every handler with Kopf's default registry.
 """
 
-from kvmfleet.handlers import hosts, startup, virtualnodes, vmmasters
+from kvmfleet.handlers import hosts, indexes, startup, virtualnodes, vmmasters
 
-__all__ = ["hosts", "startup", "virtualnodes", "vmmasters"]
+__all__ = ["hosts", "indexes", "startup", "virtualnodes", "vmmasters"]

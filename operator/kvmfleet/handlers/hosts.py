@@ -6,7 +6,7 @@ from typing import Any
 
 import kopf
 
-from kvmfleet.handlers import common
+from kvmfleet.handlers import common, indexes
 from kvmfleet.reconcile import hosts
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.resource import Resource
@@ -20,20 +20,20 @@ RESOURCE = (GROUP, VERSION, "kvmhosts")
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
 async def reconcile(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """Bring the host to its spec: reach it, check it, prepare bridges and storage."""
-    ctx: Context = memo["ctx"]
+    ctx = indexes.bind(memo, kwargs)
     resource = Resource.from_body(body)
     await common.run(KIND, body, patch, logger, lambda: hosts.reconcile(ctx, resource))
 
 
 @kopf.timer(*RESOURCE, interval=5.0, initial_delay=5.0, idle=5.0)
 async def probe(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """Probe when due (every host_probe_interval): drift, reachability, domains."""
-    ctx: Context = memo["ctx"]
+    ctx = indexes.bind(memo, kwargs)
     resource = Resource.from_body(body)
     await common.run(KIND, body, patch, logger, lambda: hosts.probe(ctx, resource))
 

@@ -6,9 +6,8 @@ from typing import Any
 
 import kopf
 
-from kvmfleet.handlers import common
+from kvmfleet.handlers import common, indexes
 from kvmfleet.reconcile import virtualnodes
-from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.resource import Resource
 from kvmfleet.settings import GROUP, VERSION
 
@@ -19,38 +18,46 @@ RESOURCE = (GROUP, VERSION, "virtualnodes")
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
-async def reconcile(
+async def reconcile(  # noqa: PLR0917 - Kopf's keyword arguments
     body: kopf.Body,
     patch: kopf.Patch,
     memo: kopf.Memo,
     logger: kopf.Logger,
     diff: kopf.Diff,
-    **_: Any,
+    reason: str,
+    **kwargs: Any,
 ) -> None:
     """Bring the VM to its spec: schedule, make disks, define, power."""
     if common.only_own_labels(diff):
         return
-    ctx: Context = memo["ctx"]
+    ctx = indexes.bind(memo, kwargs)
     resource = Resource.from_body(body)
-    await common.run(KIND, body, patch, logger, lambda: virtualnodes.reconcile(ctx, resource))
+    resumed = reason == "resume"
+    await common.run(
+        KIND,
+        body,
+        patch,
+        logger,
+        lambda: virtualnodes.reconcile(ctx, resource, resumed=resumed),
+    )
 
 
 @kopf.timer(*RESOURCE, interval=5.0, initial_delay=5.0)
 async def sync(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """Keep the observed power state true (every vm_sync_interval): Always restarts a VM
     that went off behind our back, Manual only reports it."""
-    ctx: Context = memo["ctx"]
+    ctx = indexes.bind(memo, kwargs)
     resource = Resource.from_body(body)
     await common.run(KIND, body, patch, logger, lambda: virtualnodes.sync(ctx, resource))
 
 
 @kopf.on.delete(*RESOURCE)
 async def remove(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """Shut down, undefine and (by reclaimPolicy) delete the disks (`rmvm`)."""
-    ctx: Context = memo["ctx"]
+    ctx = indexes.bind(memo, kwargs)
     resource = Resource.from_body(body)
     await common.run(KIND, body, patch, logger, lambda: virtualnodes.remove(ctx, resource))

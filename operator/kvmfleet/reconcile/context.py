@@ -76,6 +76,18 @@ class Context:
     in_flight: InFlight = field(default_factory=InFlight, repr=False)
     activity: Activity = field(default_factory=Activity, repr=False)
     kube_executor: ThreadPoolExecutor | None = field(default=None, repr=False)
+    fleet: object | None = field(default=None, repr=False)
+    """The watch-fed indexes of VirtualNodes and KvmHosts (see fleetindex), once bound."""
+    inventories: dict[str, object] = field(default_factory=dict, repr=False)
+    """Per KvmHost: its latest domain inventory (see inventory)."""
+    secrets: dict[tuple[str, str, str], tuple[float, bytes]] = field(
+        default_factory=dict, repr=False
+    )
+    """SSH key values by (namespace, name, key): (monotonic time read, value)."""
+    last_full: dict[str, float] = field(default_factory=dict, repr=False)
+    """Per VirtualNode uid: monotonic time of the last full pass (see vmsteady)."""
+    pass_slots: asyncio.Semaphore | None = field(default=None, repr=False)
+    """Bounds the full passes running at once (settings.max_concurrent_passes)."""
     host_executors: dict[str, ThreadPoolExecutor] = field(default_factory=dict, repr=False)
 
     @classmethod

@@ -7,6 +7,7 @@ from typing import Any
 
 from kvmfleet.domain.guestcpu import HostCpu
 from kvmfleet.domain.specs import KvmHostSpec
+from kvmfleet.reconcile import fleetindex
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostsession import HostSession, connect
 from kvmfleet.virt.guest import Guests
@@ -39,7 +40,7 @@ class PlacedHost:
 
 async def read_host(ctx: Context, name: str) -> tuple[KvmHostSpec, dict[str, Any]]:
     """The KvmHost's spec and status, without connecting to it."""
-    obj = await ctx.blocking(ctx.kube.get_object, "kvmhosts", name)
+    obj = await fleetindex.kvmhost(ctx, name)
     return KvmHostSpec.from_dict(obj.get("spec") or {}), dict(obj.get("status") or {})
 
 

@@ -19,7 +19,7 @@ from kvmfleet.domain.allocation import allocatable
 from kvmfleet.domain.conditions import Condition, Status
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
-from kvmfleet.reconcile import hostcpu, hostnetwork, hoststorage
+from kvmfleet.reconcile import fleetindex, hostcpu, hostnetwork, hoststorage
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostsession import HostSession, connect
 from kvmfleet.reconcile.hostusage import allocated_on
@@ -397,7 +397,7 @@ async def _allocation(
     ctx: Context, host: Resource, spec: KvmHostSpec, host_facts: HostFacts, outcome: Outcome
 ) -> None:
     """allocatable (hardware x overcommit) and allocated (the VirtualNodes placed here)."""
-    nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
+    nodes = await fleetindex.virtualnodes(ctx)
     ctx.released &= {str(n["metadata"].get("uid")) for n in nodes}  # gone from the API: forget
     used = allocated_on(host.name, nodes, ctx.reservations, ctx.released)
     capacity = allocatable(host_facts.cpus, host_facts.memory_mib, spec.overcommit)

@@ -6,6 +6,7 @@ Every call runs on the host's own threads (see :mod:`kvmfleet.reconcile.context`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,13 +76,25 @@ def host_key_check(spec: KvmHostSpec, recorded: str | None) -> HostKeyCheck:
     return HostKeyCheck.strict(spec.host_key)
 
 
+async def _ssh_key(ctx: Context, spec: KvmHostSpec) -> bytes:
+    """The host's private key, read from its Secret at most every secret_cache_seconds
+    (every pass of every VM needs it: reading it each time costs one request per pass)."""
+    ref = spec.ssh_key_secret_ref
+    where = (ref.namespace, ref.name, ref.key)
+    cached = ctx.secrets.get(where)
+    if cached is not None and time.monotonic() - cached[0] < ctx.settings.secret_cache_seconds:
+        return cached[1]
+    key = await ctx.blocking(ctx.kube.read_secret_value, ref.namespace, ref.name, ref.key)
+    ctx.secrets[where] = (time.monotonic(), key)
+    return key
+
+
 async def connect(
     ctx: Context, name: str, spec: KvmHostSpec, recorded_host_key: str | None
 ) -> HostSession:
     """Read the key Secret and open (or reuse) the SSH session; errors stay classified."""
     CURRENT_HOST.set(name)
-    ref = spec.ssh_key_secret_ref
-    key = await ctx.blocking(ctx.kube.read_secret_value, ref.namespace, ref.name, ref.key)
+    key = await _ssh_key(ctx, spec)
     credentials = SshCredentials(key)
     target = SshTarget(spec.address, spec.port, spec.user)
     try:

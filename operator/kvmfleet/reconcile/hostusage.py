@@ -4,10 +4,10 @@ The probe (reconcile/hosts.py) recomputes `status.allocated` and the domain list
 interval. In between, the VirtualNode use-cases publish what they just changed, so that
 `kubectl get kh` follows at once: a placement adds the VM's CPUs and memory, a domain
 defined by kvmfleet is added to `status.domains` / `domainCount`, a removal takes both
-away. Publishing never lists every VirtualNode: it reads the KvmHost and the VirtualNodes
-labelled with that host (`kvmfleet.io/host`), plus this operator's in-memory placements
-(reservations) that the API server may not show yet. A failed publish changes nothing:
-the next probe writes the same numbers.
+away. Publishing never lists every VirtualNode: it reads the KvmHost, and the VirtualNodes
+labelled with that host (`kvmfleet.io/host`) from the watch-fed index (see fleetindex),
+plus this operator's in-memory placements (reservations) that the watch may not show yet.
+A failed publish changes nothing: the next probe writes the same numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from kvmfleet import metrics
 from kvmfleet.domain.allocation import Resources
 from kvmfleet.errors import KvmfleetError
+from kvmfleet.reconcile import fleetindex
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.vmplacement import requests_of
 from kvmfleet.settings import HOST_LABEL
@@ -99,10 +100,10 @@ async def publish(
     """Write host's allocation now (and a domain that was just defined or removed)."""
     try:
         async with ctx.lock(f"kh-usage/{host}"):
+            # Read, not from the index: the domain list must include what the last
+            # publish (maybe a moment ago) wrote, or this patch would drop it.
             obj = await ctx.blocking(ctx.kube.get_object, "kvmhosts", host)
-            nodes = await ctx.blocking(
-                ctx.kube.list_cluster_objects, "virtualnodes", f"{HOST_LABEL}={host}"
-            )
+            nodes = await fleetindex.virtualnodes(ctx, (HOST_LABEL, host))
             status = obj.get("status") or {}
             used = allocated_on(host, nodes, ctx.reservations, ctx.released)
             patch = usage_patch(host, status, used, added=added, removed=removed)

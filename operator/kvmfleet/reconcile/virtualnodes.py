@@ -9,6 +9,7 @@ once. `remove` is rmvm with a bounded wait for hosts that do not answer.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +26,16 @@ from kvmfleet.domain.diskuse import users_elsewhere
 from kvmfleet.domain.power import Call, Transition, plan_power
 from kvmfleet.domain.specs import RunStrategy, VirtualNodeSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
-from kvmfleet.reconcile import failpoints, hostusage, vmconsole, vmdisks, vmdomain, vmremove
+from kvmfleet.reconcile import (
+    failpoints,
+    fleetindex,
+    hostusage,
+    vmconsole,
+    vmdisks,
+    vmdomain,
+    vmremove,
+    vmsteady,
+)
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostaccess import PlacedHost, connect_host, read_host
 from kvmfleet.reconcile.outcome import Outcome
@@ -74,14 +84,23 @@ def requests_of(annotations: Mapping[str, str]) -> dict[str, datetime]:
     return result
 
 
-async def reconcile(ctx: Context, node: Resource) -> Outcome:
-    """A change of the object (or the operator's start): converge now."""
+async def reconcile(ctx: Context, node: Resource, *, resumed: bool = False) -> Outcome:
+    """A change of the object (or the operator's start): converge now.
+
+    On the operator's start (``resumed``) a VM its status and its host's inventory show
+    converged is left alone (see vmsteady): a restart repeats no provisioning."""
     async with ctx.lock(f"vn/{node.uid}"):
+        if resumed and await _unchanged(ctx, node):
+            ctx.last_sync[node.uid] = time.monotonic()
+            return Outcome()
         return await converge(ctx, node)
 
 
 async def sync(ctx: Context, node: Resource) -> Outcome:
-    """The periodic check: observed power state, Always restarts, expired VNC passwords."""
+    """The periodic check: observed power state, Always restarts, expired VNC passwords.
+
+    An unchanged VM is checked against its host's inventory only (see vmsteady); a full
+    pass runs when that check fails and at least every vm_full_sync_interval."""
     last = ctx.last_sync.get(node.uid)
     if last is not None and time.monotonic() - last < ctx.settings.vm_sync_interval:
         return Outcome()
@@ -89,7 +108,25 @@ async def sync(ctx: Context, node: Resource) -> Outcome:
     if lock.locked() or node.deleting:
         return Outcome()
     async with lock:
+        if await _unchanged(ctx, node):
+            ctx.last_sync[node.uid] = time.monotonic()
+            return Outcome()
         return await converge(ctx, node)
+
+
+async def _unchanged(ctx: Context, node: Resource) -> bool:
+    try:
+        spec = VirtualNodeSpec.from_dict(node.spec)
+    except KvmfleetError:
+        return False  # the full pass reports it
+    requests = requests_of(node.annotations)
+    acted = {
+        k: t
+        for k, v in dict(node.status.get("lastActions") or {}).items()
+        if (t := parse_rfc3339(v)) is not None
+    }
+    pending = any(action not in acted or when > acted[action] for action, when in requests.items())
+    return await vmsteady.unchanged(ctx, node, spec, pending=pending)
 
 
 async def remove(ctx: Context, node: Resource) -> Outcome:
@@ -104,23 +141,31 @@ async def remove(ctx: Context, node: Resource) -> Outcome:
             left = any(e.reason == "LeftBehind" for e in outcome.events)
             await hostusage.publish(ctx, str(host), removed=None if left else node.name)
         ctx.last_sync.pop(node.uid, None)
+        ctx.last_full.pop(node.uid, None)
         ctx.locks.pop(f"vn/{node.uid}", None)
         metrics.forget("VirtualNode", node.namespace or "", node.name)
     return outcome
 
 
 async def converge(ctx: Context, node: Resource) -> Outcome:
-    """One full pass over a VirtualNode; the Outcome carries its whole status."""
-    started = time.monotonic()
-    spec = VirtualNodeSpec.from_dict(node.spec)
-    outcome = Outcome()
-    conds: dict[str, Condition] = {}
-    try:
-        await _converge(ctx, node, spec, outcome, conds)
-    finally:
-        ctx.last_sync[node.uid] = time.monotonic()
-        metrics.VM_OPERATION_DURATION.labels("reconcile").observe(time.monotonic() - started)
-    return outcome
+    """One full pass over a VirtualNode; the Outcome carries its whole status.
+
+    At most settings.max_concurrent_passes run at once: a burst queues here."""
+    if ctx.pass_slots is None:
+        ctx.pass_slots = asyncio.Semaphore(max(1, ctx.settings.max_concurrent_passes))
+    async with ctx.pass_slots:
+        metrics.VM_FULL_PASSES.inc()
+        started = time.monotonic()
+        spec = VirtualNodeSpec.from_dict(node.spec)
+        outcome = Outcome()
+        conds: dict[str, Condition] = {}
+        try:
+            await _converge(ctx, node, spec, outcome, conds)
+            vmsteady.passed_full(ctx, node, outcome.status)
+        finally:
+            ctx.last_sync[node.uid] = time.monotonic()
+            metrics.VM_OPERATION_DURATION.labels("reconcile").observe(time.monotonic() - started)
+        return outcome
 
 
 async def _converge(
@@ -400,7 +445,7 @@ async def _apply_credentials(
 
 async def _image_in_use_elsewhere(run: _Pass, locations: list[Any]) -> bool:
     """One image, one running VM: refuse a start while another KvmHost runs one of its disks."""
-    hosts = await run.ctx.blocking(run.ctx.kube.list_cluster_objects, "kvmhosts")
+    hosts = await fleetindex.kvmhosts(run.ctx)
     users = users_elsewhere(run.host.name, locations, hosts, run.ctx.settings.mount_root)
     if not users:
         return False
@@ -530,7 +575,7 @@ def _host_unavailable(
 
 async def _check_name(ctx: Context, node: Resource) -> None:
     """Domain and disk names come from metadata.name: it must be unique in the cluster."""
-    nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
+    nodes = await fleetindex.virtualnodes(ctx)
     older = [
         o
         for o in nodes

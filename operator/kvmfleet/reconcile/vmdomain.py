@@ -11,6 +11,7 @@ from kvmfleet.domain.guestcpu import resolve
 from kvmfleet.domain.specs import VirtualNodeSpec
 from kvmfleet.domain.storage_urls import DiskLocation
 from kvmfleet.errors import NotFoundError, PermanentError
+from kvmfleet.reconcile import fleetindex
 from kvmfleet.reconcile.hostaccess import PlacedHost
 from kvmfleet.reconcile.resource import Resource
 from kvmfleet.virt.guest import Guests, PowerState
@@ -111,7 +112,7 @@ async def _replace_stale(
             "rename the VirtualNode or remove that domain",
             reason="DomainNameTaken",
         )
-    others = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
+    others = await fleetindex.virtualnodes(ctx)
     if any(o["metadata"]["uid"] == owner for o in others):
         raise PermanentError(
             f"a domain named {node.name} on {host.name} belongs to another VirtualNode "

@@ -22,6 +22,7 @@ from kvmfleet.domain.quantities import bytes_to_mib, parse_bytes
 from kvmfleet.domain.specs import KvmHostSpec, VirtualNodeSpec
 from kvmfleet.domain.storage_urls import StorageURL, parse_storage_url
 from kvmfleet.errors import KvmfleetError, PermanentError
+from kvmfleet.reconcile import fleetindex
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.resource import Resource
 from kvmfleet.settings import HOST_LABEL
@@ -107,8 +108,8 @@ async def ensure_placed(ctx: Context, node: Resource, spec: VirtualNodeSpec) -> 
     host = node.status.get("host")
     if host and len(status_nics) == len(spec.nics):
         return Placement(str(host), tuple(str(n["mac"]) for n in status_nics))
-    nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
-    hosts = [] if host else await ctx.blocking(ctx.kube.list_cluster_objects, "kvmhosts")
+    nodes = await fleetindex.virtualnodes(ctx)
+    hosts = [] if host else await fleetindex.kvmhosts(ctx)
     async with ctx.lock("placement"):  # decide only: reservations cover newer decisions
         if not host:
             host = _choose(ctx, node, spec, nodes, hosts)

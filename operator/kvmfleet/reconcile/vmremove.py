@@ -24,7 +24,7 @@ from kvmfleet.domain.diskstate import OWNER_SUFFIX, Existence, Owner
 from kvmfleet.domain.specs import ReclaimPolicy, VirtualNodeSpec
 from kvmfleet.domain.storage_urls import DiskLocation, DiskSourceType
 from kvmfleet.errors import KvmfleetError, NotFoundError, TemporaryError
-from kvmfleet.reconcile import vmdisks
+from kvmfleet.reconcile import fleetindex, vmdisks
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostaccess import PlacedHost, open_host
 from kvmfleet.reconcile.outcome import Outcome
@@ -313,7 +313,7 @@ async def _backed_by_in_pool(
 async def _backing_files(ctx: Context, node: Resource) -> set[str]:
     """Every image another VirtualNode's disk is an overlay of (as their status says)."""
     found: set[str] = set()
-    for other in await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes"):
+    for other in await fleetindex.virtualnodes(ctx):
         if other["metadata"]["uid"] == node.uid:
             continue
         for disk in (other.get("status") or {}).get("disks") or []:

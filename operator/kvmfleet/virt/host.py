@@ -33,7 +33,7 @@ from kvmfleet.virt.errors import (
     error_details,
     libvirt_errors,
 )
-from kvmfleet.virt.guest import DomainSummary, summarize
+from kvmfleet.virt.guest import DomainSummary, PowerState, power_state, summarize
 
 
 @dataclass(frozen=True)
@@ -273,6 +273,17 @@ class Host:
                     continue  # undefined while we looked
                 raise classify(error, self._context("list domains")) from error
         return sorted(result, key=lambda summary: summary.name)
+
+    def inventory(self) -> dict[str, tuple[str, PowerState]]:
+        """Every domain's UUID and power state, by name: one libvirt call for all of them
+        (``virConnectGetAllDomainStats`` with the state group; names and UUIDs come with
+        the domain objects)."""
+        with libvirt_errors(self._context("read the domain inventory")):
+            stats = self._conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
+        return {
+            domain.name(): (domain.UUIDString(), power_state(int(values.get("state.state", -1))))
+            for domain, values in stats
+        }
 
     # -- storage pools --
 
