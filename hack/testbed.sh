@@ -20,10 +20,14 @@ usage() {
     cat <<EOF
 usage: hack/testbed.sh COMMAND [ARGS]
 
-  up [--hosts N] [--kvm-hosts LIST]   create or repair the testbed (default: 2 hosts,
+  up [--hosts N] [--kvm-hosts LIST] [--light | --full]
+                                      create or repair the testbed (default: 2 hosts,
                                       KVM hidden on all; LIST e.g. "2" or "1,3" keeps
                                       /dev/kvm usable on those hosts, "" none). Without
                                       options a testbed keeps its current shape.
+                                      --light: the scale mode, e.g. --hosts 20 --light:
+                                      no PXE (no DHCP, no HTTP), libvirtd with few
+                                      worker threads per host (sized for 2 cores).
   down [--purge]                      stop and remove everything the testbed created
                                       (--purge also removes keys, UUIDs and NFS data)
   status                              one line per component; exit 1 if any is down,
@@ -174,10 +178,10 @@ print_summary() {
 
 # ---------------------------------------------------------------- commands
 cmd_up() {
-    local n=2 kvm_list='' i t0
+    local n=2 kvm_list='' i t0 light=0
     # Without arguments a running testbed keeps its shape (state.env).
     if state_read && ((STATE_HOSTS > 0)); then
-        n="${STATE_HOSTS}" kvm_list="${STATE_KVM_HOSTS}"
+        n="${STATE_HOSTS}" kvm_list="${STATE_KVM_HOSTS}" light="${STATE_LIGHT}"
     fi
     while (($#)); do
         case "$1" in
@@ -185,6 +189,8 @@ cmd_up() {
             --hosts=*) n="${1#--hosts=}"; shift ;;
             --kvm-hosts) kvm_list="${2:-}"; shift 2 || die "--kvm-hosts needs a list" ;;
             --kvm-hosts=*) kvm_list="${1#--kvm-hosts=}"; shift ;;
+            --light) light=1; shift ;;
+            --full) light=0; shift ;;
             -h | --help) usage; return 0 ;;
             *) die "up: unknown argument $1" ;;
         esac
@@ -220,7 +226,8 @@ cmd_up() {
             host_remove "${idx}"
         fi
     done
-    state_write "${n}" "${kvm_list}"
+    state_write "${n}" "${kvm_list}" "${light}"
+    TB_LIGHT="${light}"
     write_etc "${n}"
 
     step "management network"
@@ -331,9 +338,9 @@ cmd_status() {
         _status_daemon "${h}" "${TB_MN}" rpcbind rpcbind "portmapper" _rpcbind_ready "${h}" || bad=1
         _status_daemon "${h}" "${TB_MN}" nfs-ganesha ganesha.nfsd \
             "nfs://${TB_MN_ADDR}${TB_NFS_EXPORT} (NFSv3+v4, ${TB_NFS_DIR})" _nfs_ready "${h}" || bad=1
-        _status_daemon "${h}" "${TB_MN}" dnsmasq dnsmasq \
+        ((STATE_LIGHT)) || _status_daemon "${h}" "${TB_MN}" dnsmasq dnsmasq \
             "DHCP ${TB_DHCP_FIRST}-${TB_DHCP_LAST}, iPXE -> $(mn_http_url)/boot.ipxe" true || bad=1
-        _status_daemon "${h}" "${TB_MN}" http python3 "$(mn_http_url)/" \
+        ((STATE_LIGHT)) || _status_daemon "${h}" "${TB_MN}" http python3 "$(mn_http_url)/" \
             tcp_open "${TB_MN_ADDR}" "${TB_HTTP_PORT}" || bad=1
     else
         status_line "${TB_MN}" down "namespace holder not running"; bad=1

@@ -46,6 +46,16 @@ host_uuid = "$(<"$(host_uuid_file "${i}")")"
 auth_unix_ro = "none"
 auth_unix_rw = "none"
 EOF
+    if ((${TB_LIGHT:-0})); then
+        # The scale mode: 20+ hosts on a 2-core machine, so few idle threads per libvirtd.
+        cat >>"${dir}/etc-libvirt/libvirtd.conf" <<EOF
+min_workers = 1
+max_workers = 4
+prio_workers = 1
+admin_min_workers = 1
+admin_max_workers = 1
+EOF
+    fi
     cat >>"${dir}/etc-libvirt/qemu.conf" <<EOF
 
 # ---- kvmfleet testbed (${name})

@@ -133,20 +133,21 @@ host_index() {
 # ---------------------------------------------------------------- state file
 # state.env holds two lines: TB_HOSTS=<n> and TB_KVM_HOSTS=<comma list>.
 state_read() {
-    STATE_HOSTS=0 STATE_KVM_HOSTS=''
+    STATE_HOSTS=0 STATE_KVM_HOSTS='' STATE_LIGHT=0
     [[ -f "${TB_STATE}" ]] || return 1
     local key value
     while IFS='=' read -r key value; do
         case "${key}" in
             TB_HOSTS) [[ "${value}" =~ ^[0-9]+$ ]] && STATE_HOSTS="${value}" ;;
             TB_KVM_HOSTS) [[ "${value}" =~ ^[0-9,]*$ ]] && STATE_KVM_HOSTS="${value}" ;;
+            TB_LIGHT) [[ "${value}" == 1 ]] && STATE_LIGHT=1 ;;
         esac
     done <"${TB_STATE}"
 }
 
 state_write() {
     mkdir -p "${TB}"
-    printf 'TB_HOSTS=%s\nTB_KVM_HOSTS=%s\n' "$1" "$2" >"${TB_STATE}.tmp"
+    printf 'TB_HOSTS=%s\nTB_KVM_HOSTS=%s\nTB_LIGHT=%s\n' "$1" "$2" "${3:-0}" >"${TB_STATE}.tmp"
     mv -f "${TB_STATE}.tmp" "${TB_STATE}"
 }
 

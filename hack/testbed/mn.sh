@@ -75,6 +75,9 @@ mn_daemons() {
     wait_daemon "${h}" "${TB_MN}" nfs-ganesha ganesha.nfsd "${log}/ganesha.log" 60 \
         _nfs_ready "${h}" || return 1
 
+    # The scale mode (up --light) boots no guest over the network: no DHCP, no HTTP.
+    ((${TB_LIGHT:-0})) && return 0
+
     local -a tftp=()
     if [[ -r "${TB_MN_DIR}/tftp/undionly.kpxe" ]]; then
         # Clients without iPXE (a NIC ROM that is plain PXE) chain-load iPXE first.

@@ -19,6 +19,7 @@ counters, `_seconds` for durations, `_bytes` for sizes). Exported on :8080/metri
 | kvmfleet_vm_operations_total | counter | operation, result | create, start, stop, reboot, reset, delete, migrate... |
 | kvmfleet_vm_operation_duration_seconds | histogram | operation | duration of such operations |
 | kvmfleet_vm_full_passes_total | counter | | full VirtualNode passes (placement, disks, definition, power) |
+| kvmfleet_kube_requests_total | counter | call | Kubernetes API requests made by the use-cases (not Kopf's watches and status patches), by adapter call |
 | kvmfleet_vm_steady_checks_total | counter | | syncs of an unchanged VM answered by its host's inventory alone |
 | kvmfleet_host_inventory_reads_total | counter | host | batched domain inventories read from a host |
 | kvmfleet_ssh_commands_total | counter | host, result | remote commands run over SSH |
@@ -127,6 +128,12 @@ VM_OPERATION_DURATION = Histogram(
 VM_FULL_PASSES = Counter(
     "kvmfleet_vm_full_passes_total",
     "Full VirtualNode passes (placement, disks, definition, power).",
+    registry=REGISTRY,
+)
+KUBE_REQUESTS = Counter(
+    "kvmfleet_kube_requests_total",
+    "Kubernetes API requests made by the use-cases, by adapter call.",
+    ["call"],
     registry=REGISTRY,
 )
 VM_STEADY_CHECKS = Counter(

@@ -40,8 +40,9 @@ class Settings:
     definition, console), spread with jitter; in between, a sync compares the status with
     the host's domain inventory only."""
 
-    max_concurrent_passes: int = 32
-    """Full VirtualNode passes running at once (others wait their turn: a burst queues)."""
+    max_passes_per_host: int = 16
+    """Full VirtualNode passes running at once per KvmHost (others wait their turn: a burst
+    queues; with the SSH bounds of 2 connections x 8 channels, one command each)."""
 
     secret_cache_seconds: float = 60.0
     """Seconds an SSH key read from its Secret is reused before it is read again."""

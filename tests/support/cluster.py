@@ -170,8 +170,14 @@ class OperatorProcess:
     """`kvmfleet run` as a real subprocess, with its log kept for assertions."""
 
     def __init__(
-        self, kubeconfig: str, log_path: Path, extra_env: dict[str, str] | None = None
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        verbose: bool = True,
     ) -> None:
+        self.verbose = verbose
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.log_path = log_path
@@ -188,7 +194,7 @@ class OperatorProcess:
                 "-m",
                 "kvmfleet",
                 "run",
-                "--verbose",
+                *(["--verbose"] if self.verbose else []),
                 "--metrics-port",
                 str(self.metrics_port),
                 "--health-port",

@@ -86,8 +86,8 @@ class Context:
     """SSH key values by (namespace, name, key): (monotonic time read, value)."""
     last_full: dict[str, float] = field(default_factory=dict, repr=False)
     """Per VirtualNode uid: monotonic time of the last full pass (see vmsteady)."""
-    pass_slots: asyncio.Semaphore | None = field(default=None, repr=False)
-    """Bounds the full passes running at once (settings.max_concurrent_passes)."""
+    pass_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict, repr=False)
+    """Per KvmHost: bounds the full passes running at once (settings.max_passes_per_host)."""
     host_executors: dict[str, ThreadPoolExecutor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -157,6 +157,8 @@ class Context:
         """Run a blocking call (libvirt, SSH, Kubernetes client) off the event loop, on the
         threads of its host (or of the Kubernetes client), within its deadline."""
         where, pool, limit = self._route(fn)
+        if where == KUBE:
+            metrics.KUBE_REQUESTS.labels(_name(fn).rsplit(".", 1)[-1]).inc()
         call = functools.partial(fn, *args, **kwargs)
         return await self._run(where, pool, limit, _name(fn), call)
 

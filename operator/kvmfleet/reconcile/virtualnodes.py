@@ -150,10 +150,13 @@ async def remove(ctx: Context, node: Resource) -> Outcome:
 async def converge(ctx: Context, node: Resource) -> Outcome:
     """One full pass over a VirtualNode; the Outcome carries its whole status.
 
-    At most settings.max_concurrent_passes run at once: a burst queues here."""
-    if ctx.pass_slots is None:
-        ctx.pass_slots = asyncio.Semaphore(max(1, ctx.settings.max_concurrent_passes))
-    async with ctx.pass_slots:
+    At most settings.max_passes_per_host run at once for one host (the one the VM is
+    placed on or pinned to): a burst queues here, and a slow host holds only its own VMs."""
+    where = str(node.status.get("host") or node.spec.get("hostRef") or "")
+    slots = ctx.pass_slots.get(where)
+    if slots is None:
+        slots = ctx.pass_slots[where] = asyncio.Semaphore(max(1, ctx.settings.max_passes_per_host))
+    async with slots:
         metrics.VM_FULL_PASSES.inc()
         started = time.monotonic()
         spec = VirtualNodeSpec.from_dict(node.spec)

@@ -1,0 +1,266 @@
+"""The API cost of a fleet, as counts (not times), on the real API server and testbed.
+
+One operator, a burst of Halted VirtualNodes over the testbed's hosts, then:
+
+* creation: the API requests per VM (the API server's own ``apiserver_request_total``,
+  minus the test's own reads) stay under a fixed budget: nothing grows with the fleet;
+* steady state: with nothing changing, no request on VirtualNodes at all, and the hosts
+  are read once per host per sync interval (one batched inventory), not once per VM;
+* restart: a new operator process recognises every converged VM from its status and the
+  inventories: no full pass, no disk made, nothing defined or started again.
+
+``KVMFLEET_SCALE_VMS`` sets the fleet size (default 100, the CI budget).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from support.cluster import Kubectl, OperatorProcess
+from support.testbed import RUN_DIR, host_manifests, kvmhost
+
+pytestmark = [pytest.mark.timeout(1500)]
+
+VMS = int(os.environ.get("KVMFLEET_SCALE_VMS", "100"))
+SYNC = 10.0  # seconds between two syncs of a VM (the default is 30)
+CREATE_BUDGET = 12.0
+"""API requests per VM for its creation, all clients of the API server but the test:
+the object's create, Kopf's status patches, placement's status and label patches, the
+host's usage patches and their reads, events."""
+
+
+def apiserver_requests(cluster: Kubectl) -> dict[tuple[str, str], float]:
+    """apiserver_request_total summed by (verb, resource), from the API server's /metrics."""
+    text = cluster.run("get", "--raw", "/metrics", timeout=60).stdout
+    totals: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        key = (labels.get("verb", ""), labels.get("resource", ""))
+        totals[key] = totals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def delta(
+    after: dict[tuple[str, str], float], before: dict[tuple[str, str], float]
+) -> dict[tuple[str, str], float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The sum of one metric's samples (with those labels, if given)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + ("{" + labels if labels else "")) and not line.startswith("#"):
+            head = line.split(" ", 1)[0]
+            if head == name or head.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture
+def scale_ns(cluster: Kubectl) -> Iterator[str]:
+    name = f"scale-{uuid.uuid4().hex[:6]}"
+    cluster.run("create", "namespace", name)
+    yield name
+    cluster.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _items(ns: str, hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "kvmfleet.io/v1alpha1",
+            "kind": "VirtualNode",
+            "metadata": {"name": f"s{ns[-6:]}-{i:04d}", "namespace": ns},
+            "spec": {
+                "cpus": 1,
+                "memory": "64Mi",
+                "runStrategy": "Halted",
+                "reclaimPolicy": "Delete",
+                "hostRef": hosts[i % len(hosts)]["name"],
+                "nics": [{"bridge": "br0"}],
+                "vnc": {"enabled": False},
+                "disks": [
+                    {"name": "hda", "size": "16Mi", "storage": "dir:///var/lib/kvmfleet/images"}
+                ],
+            },
+        }
+        for i in range(VMS)
+    ]
+
+
+def _stopped(cluster: Kubectl, ns: str) -> tuple[int, set[str]]:
+    items = cluster.json("get", "vn", "-n", ns)["items"]
+    phases = [(i["metadata"]["name"], (i.get("status") or {}).get("phase")) for i in items]
+    return sum(p == "Stopped" for _, p in phases), {n for n, p in phases if p == "Unknown"}
+
+
+def _operator(cluster: Kubectl, name: str) -> OperatorProcess:
+    log = RUN_DIR / "logs" / f"operator-{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    return OperatorProcess(
+        cluster.kubeconfig,
+        log,
+        {
+            "KVMFLEET_VM_SYNC_INTERVAL": str(SYNC),
+            "KVMFLEET_VM_FULL_SYNC_INTERVAL": "3600",  # none due while the test counts
+        },
+        verbose=False,
+    )
+
+
+@pytest.mark.testbed
+def test_api_and_host_calls_per_vm_stay_within_budget(
+    cluster: Kubectl, testbed: dict[str, Any], scale_ns: str
+) -> None:
+    hosts = testbed["hosts"]
+    items = _items(scale_ns, hosts)
+    report: dict[str, Any] = {"vms": VMS, "hosts": len(hosts)}
+    operator = _operator(cluster, "scale")
+    operator.start()
+    restarted: OperatorProcess | None = None
+    try:
+        cluster.apply(host_manifests(testbed))
+        cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [kvmhost(h, testbed, overcommit={"cpu": 64, "memory": 1}) for h in hosts],
+            }
+        )
+        for host in hosts:
+            cluster.wait_for(
+                lambda o: any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in o.get("status", {}).get("conditions", [])
+                ),
+                "kh",
+                host["name"],
+                timeout=180,
+            )
+        # -- creation --
+        before = apiserver_requests(cluster)
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            done = pool.map(
+                lambda batch: cluster.run(
+                    "create",
+                    "-f",
+                    "-",
+                    input=json.dumps({"apiVersion": "v1", "kind": "List", "items": batch}),
+                    timeout=600,
+                ),
+                [items[i::4] for i in range(4)],
+            )
+            assert all(r.returncode == 0 for r in done)
+        polls, unknown, stopped = 0, set(), 0
+        while time.monotonic() - started < 900:
+            stopped, now_unknown = _stopped(cluster, scale_ns)
+            polls += 1
+            unknown |= now_unknown
+            if stopped == VMS:
+                break
+            time.sleep(5)
+        report["all_stopped_after_s"] = round(time.monotonic() - started, 1)
+        assert stopped == VMS, report
+        assert not unknown, f"{len(unknown)} VMs went Unknown: {sorted(unknown)[:10]}"
+        time.sleep(2 * SYNC)  # the passes that follow each creation settle
+        created = delta(apiserver_requests(cluster), before)
+        created[("LIST", "virtualnodes")] = created.get(("LIST", "virtualnodes"), 0) - polls
+        per_vm = {f"{v} {r}": round(n / VMS, 2) for (v, r), n in created.items() if n > 0}
+        report["create_requests_per_vm"] = per_vm
+        counted = sum(
+            n
+            for (verb, resource), n in created.items()
+            if verb != "WATCH" and resource in ("virtualnodes", "kvmhosts", "secrets", "events")
+        )
+        report["create_requests_per_vm_total"] = round(counted / VMS, 2)
+        report["operator_requests"] = {
+            call: metric(operator.metrics(), "kvmfleet_kube_requests_total", f'call="{call}"')
+            for call in ("list_cluster_objects", "get_object", "read_secret_value")
+        }
+
+        # -- steady state: nothing changes --
+        window = 6 * SYNC
+        text0 = operator.metrics()
+        before = apiserver_requests(cluster)
+        time.sleep(window)
+        steady = delta(apiserver_requests(cluster), before)
+        text1 = operator.metrics()
+        on_vms = {k: v for k, v in steady.items() if k[1] == "virtualnodes" and k[0] != "WATCH"}
+        inventories = metric(text1, "kvmfleet_host_inventory_reads_total") - metric(
+            text0, "kvmfleet_host_inventory_reads_total"
+        )
+        full = metric(text1, "kvmfleet_vm_full_passes_total") - metric(
+            text0, "kvmfleet_vm_full_passes_total"
+        )
+        checks = metric(text1, "kvmfleet_vm_steady_checks_total") - metric(
+            text0, "kvmfleet_vm_steady_checks_total"
+        )
+        ssh = metric(text1, "kvmfleet_ssh_commands_total") - metric(
+            text0, "kvmfleet_ssh_commands_total"
+        )
+        report["steady"] = {
+            "window_s": window,
+            "apiserver_requests": {f"{v} {r}": n for (v, r), n in steady.items()},
+            "inventory_reads": inventories,
+            "full_passes": full,
+            "steady_checks": checks,
+            "ssh_commands": ssh,
+        }
+        print(json.dumps(report, indent=2))
+        # Zero requests per unchanged VM per interval (the test itself reads nothing now).
+        assert not on_vms, report
+        assert full == 0, report
+        assert checks >= VMS * (window / SYNC - 2), report  # every VM checked every interval
+        # One inventory per host per interval (a host probe may add one connection).
+        assert inventories <= len(hosts) * (window / SYNC + 1), report
+        assert report["create_requests_per_vm_total"] <= CREATE_BUDGET, report
+
+        # -- restart: nothing provisioned again --
+        operator.stop()
+        restarted = _operator(cluster, "scale-restarted")
+        started = time.monotonic()
+        restarted.start()
+        while time.monotonic() - started < 300:
+            text = restarted.metrics()
+            if metric(text, "kvmfleet_vm_steady_checks_total") >= VMS:
+                break
+            time.sleep(2)
+        report["restart_converged_s"] = round(time.monotonic() - started, 1)
+        text = restarted.metrics()
+        repeated = {
+            op: metric(text, "kvmfleet_vm_operations_total", f'operation="{op}"')
+            for op in ("create-disk", "define", "start")
+        }
+        report["restart"] = {
+            "full_passes": metric(text, "kvmfleet_vm_full_passes_total"),
+            "steady_checks": metric(text, "kvmfleet_vm_steady_checks_total"),
+            "repeated": repeated,
+        }
+        print(json.dumps(report, indent=2))
+        (RUN_DIR / "logs" / "scale-budget.json").write_text(json.dumps(report, indent=2))
+        assert report["restart"]["steady_checks"] >= VMS, report
+        assert report["restart"]["full_passes"] == 0, report
+        assert not any(repeated.values()), report
+        stopped, unknown = _stopped(cluster, scale_ns)
+        assert stopped == VMS and not unknown
+    finally:
+        cluster.run(
+            "delete", "vn", "--all", "-n", scale_ns, "--timeout=900s", check=False, timeout=960
+        )
+        operator.stop()
+        if restarted is not None:
+            restarted.stop()
+        cluster.apply(host_manifests(testbed))  # the usual overcommit for later tests
