@@ -21,6 +21,7 @@ counters, `_seconds` for durations, `_bytes` for sizes). Exported on :8080/metri
 | kvmfleet_vm_full_passes_total | counter | | full VirtualNode passes (placement, disks, definition, power) |
 | kvmfleet_kube_requests_total | counter | call | Kubernetes API requests made by the use-cases (not Kopf's watches and status patches), by adapter call |
 | kvmfleet_vm_steady_checks_total | counter | | syncs of an unchanged VM answered by its host's inventory alone |
+| kvmfleet_vm_sync_full_causes_total | counter | cause | syncs that needed a full pass, by cause (not Ready, power state changed, full sync due...) |
 | kvmfleet_host_inventory_reads_total | counter | host | batched domain inventories read from a host |
 | kvmfleet_ssh_commands_total | counter | host, result | remote commands run over SSH |
 | kvmfleet_ssh_commands_waiting | gauge | target | commands queued for a free SSH channel (the backlog) |
@@ -139,6 +140,12 @@ KUBE_REQUESTS = Counter(
 VM_STEADY_CHECKS = Counter(
     "kvmfleet_vm_steady_checks_total",
     "Syncs of an unchanged VM answered by its host's inventory alone.",
+    registry=REGISTRY,
+)
+VM_FULL_PASS_CAUSES = Counter(
+    "kvmfleet_vm_sync_full_causes_total",
+    "Syncs that needed a full pass, by cause.",
+    ["cause"],
     registry=REGISTRY,
 )
 HOST_INVENTORY_READS = Counter(

@@ -18,6 +18,7 @@ recognised this way: no disk is probed or made, nothing is redefined or started.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ from kvmfleet.errors import KvmfleetError
 from kvmfleet.reconcile import inventory
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.resource import Resource
+
+log = logging.getLogger(__name__)
 
 
 def _condition(status: Mapping[str, Any], type_: str) -> str | None:
@@ -90,24 +93,41 @@ def _full_due(ctx: Context, uid: str) -> bool:
 
 
 async def unchanged(ctx: Context, node: Resource, spec: VirtualNodeSpec, *, pending: bool) -> bool:
-    """True when the VM is converged and its host's inventory agrees: nothing to do."""
-    why = settled_status(node, spec, datetime.now(UTC), pending=pending)
-    if why is not None or _full_due(ctx, node.uid):
+    """True when the VM is converged and its host's inventory agrees: nothing to do.
+
+    False counts why in ``kvmfleet_vm_sync_full_causes_total`` (the full pass follows)."""
+    why = await _why_full(ctx, node, spec, pending=pending)
+    if why is not None:
+        metrics.VM_FULL_PASS_CAUSES.labels(why).inc()
         return False
+    metrics.VM_STEADY_CHECKS.inc()
+    return True
+
+
+async def _why_full(
+    ctx: Context, node: Resource, spec: VirtualNodeSpec, *, pending: bool
+) -> str | None:
+    why = settled_status(node, spec, datetime.now(UTC), pending=pending)
+    if why is not None:
+        return why
+    if _full_due(ctx, node.uid):
+        return "full sync due"
     host = str(node.status["host"])
     try:
         found = await inventory.read(ctx, host)
-    except KvmfleetError:
-        return False  # the full pass reports the host as it always has
+    except KvmfleetError as error:
+        log.info("KvmHost %s: no domain inventory (%s): full passes instead", host, error)
+        return "inventory unavailable"  # the full pass reports the host as it always has
     domain = found.domains.get(node.name)
     if domain is None:
-        return False
+        return "domain not in inventory"
     uuid, state = domain
-    if uuid.lower() != node.uid.lower() or str(state) != node.status.get("powerState"):
-        return False
+    if uuid.lower() != node.uid.lower():
+        return "domain of another uid"
+    if str(state) != node.status.get("powerState"):
+        return "power state changed"
     metrics.set_power_state(node.namespace or "", node.name, str(state))
-    metrics.VM_STEADY_CHECKS.inc()
-    return True
+    return None
 
 
 def passed_full(ctx: Context, node: Resource, status: Mapping[str, Any]) -> None:
