@@ -194,8 +194,24 @@ async def _converge(
         _summarise(outcome, conds, ready=False, reason=error.reason, message=error.message)
         outcome.requeue_after, outcome.retry_message = RETRY, error.message
         return
-    if node.status.get("host") != placement.host:  # placed now: the host counts it at once
-        await hostusage.publish(ctx, placement.host)
+    placed_now = node.status.get("host") != placement.host
+    try:
+        await _converge_placed(ctx, node, spec, placement, outcome, conds)
+    finally:
+        # Placed now: the host counts it at once. A domain defined in this pass published
+        # the allocation with it (one read and one write of the KvmHost, not two).
+        if placed_now and not any(e.reason == "Defined" for e in outcome.events):
+            await hostusage.publish(ctx, placement.host)
+
+
+async def _converge_placed(  # noqa: PLR0917 - the pass's whole context
+    ctx: Context,
+    node: Resource,
+    spec: VirtualNodeSpec,
+    placement: Placement,
+    outcome: Outcome,
+    conds: dict[str, Condition],
+) -> None:
     conds[SCHEDULED] = Condition(SCHEDULED, Status.TRUE, "Scheduled", f"on {placement.host}")
     outcome.status["host"] = placement.host
     outcome.status["nics"] = [
