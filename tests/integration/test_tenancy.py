@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import time
 import uuid
@@ -412,7 +413,15 @@ def test_vnc_password_rotated_while_off_is_the_one_qemu_accepts(
     )
     vnc = obj["status"]["console"]["vnc"]
     assert _secret_password(cluster, ns, name) == after
-    assert vnc_password_accepted(vnc["host"], vnc["port"], after)
+    # The port in status is this domain's own VNC server (not another VM's on the host).
+    display = virsh("kvmhost1", "vncdisplay", name).strip()
+    assert display and 5900 + int(display.rsplit(":", 1)[1]) == vnc["port"], (display, vnc)
+    accepted = vnc_password_accepted(vnc["host"], vnc["port"], after)
+    assert accepted, (
+        f"QEMU refused the Secret's password; domain state: "
+        f"{virsh('kvmhost1', 'domstate', '--reason', name).strip()}; "
+        f"graphics: {re.findall(r'<graphics[^>]*>', virsh('kvmhost1', 'dumpxml', name))}"
+    )
     assert not vnc_password_accepted(vnc["host"], vnc["port"], before)
     assert condition(obj, "ConsoleReady")["status"] == "True"
 
