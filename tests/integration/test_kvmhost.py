@@ -17,20 +17,10 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
+from support.objects import condition, is_
 from support.testbed import RUN_DIR, host_manifests, kvmhost, on_host, run_testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    for c in obj.get("status", {}).get("conditions", []):
-        if c["type"] == type_:
-            return dict(c)
-    return {}
-
-
-def is_(type_: str, status: str) -> Any:
-    return lambda obj: condition(obj, type_).get("status") == status
 
 
 def host_by_name(testbed: dict[str, Any], name: str) -> dict[str, Any]:

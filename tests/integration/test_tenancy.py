@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
+from support.objects import condition, events, is_, vm
 from support.testbed import RUN_DIR, host_manifests, on_host
 from support.vnc import vnc_password_accepted
 
@@ -51,42 +52,12 @@ BOOT_CODE = bytes.fromhex(
 BOOT_SECTOR = BOOT_CODE.ljust(510, b"\0") + b"\x55\xaa"
 
 
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
-def is_(type_: str, status: str, reason: str | None = None) -> Any:
-    def check(obj: dict[str, Any]) -> bool:
-        found = condition(obj, type_)
-        return found.get("status") == status and (reason is None or found.get("reason") == reason)
-
-    return check
-
-
-def vm(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"cpus": 1, "memory": "256Mi", "nics": [{"bridge": "br0"}]}
-    body.update(spec)
-    return {
-        "apiVersion": "kvmfleet.io/v1alpha1",
-        "kind": "VirtualNode",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": body,
-    }
-
-
 def virsh(host: str, *args: str, check: bool = True) -> str:
     return on_host(host, *VIRSH, *args, check=check).stdout
 
 
 def domain_names(host: str) -> list[str]:
     return [n.strip() for n in virsh(host, "list", "--all", "--name").splitlines() if n.strip()]
-
-
-def events(cluster: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = cluster.json(
-        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
-    )["items"]
-    return items
 
 
 def patch_vn(cluster: Kubectl, namespace: str, name: str, spec: dict[str, Any]) -> None:
