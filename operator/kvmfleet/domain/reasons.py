@@ -140,7 +140,6 @@ _TABLE: dict[str, Progress] = {
     "NoSuchConsole": _STALL,
     "ActionRefused": _STALL,
     "ActionFailed": _STALL,
-    "NotImplemented": _STALL,  # VmMaster: capture is planned, not built
     "CpuNotSupported": _STALL,  # the spec.cpu asked for does not start on the host
     "GuestsDoNotStart": _STALL,  # VirtualizationCapable=False: no trial guest starts
     "CallTimeout": _RETRY,  # a blocking call did not return in time (hung host or API)
@@ -184,6 +183,18 @@ _TABLE: dict[str, Progress] = {
     "DiskInUseElsewhere": _RETRY,  # another host runs the image; starts once it is gone
     "ShrinkRefused": _STALL,
     "DeletionBlocked": _STALL,  # fix the cause, or set kvmfleet.io/orphan
+    # VmMaster capture and clones (domain/vmmaster.py).
+    "Captured": _DONE,  # VmMaster Ready: the master images are complete and verified
+    "Capturing": _RETRY,
+    "SourceNotFound": _STALL,  # the sourceNode VirtualNode does not exist
+    "SourceNotPlaced": _RETRY,  # the source VirtualNode has no host yet
+    "SourceRunning": _STALL,  # power the source off (runStrategy Halted) to capture it
+    "CaptureFailed": _STALL,  # qemu-img failed or a copy did not verify; retried
+    "DependantsExist": _RETRY,  # deletion waits for the clones to go; completes by itself
+    "WaitingForMaster": _RETRY,  # a clone's VmMaster is not captured yet
+    "MasterUnreachable": _STALL,  # the clone's host cannot reach the master's storage
+    "MasterDiskMissing": _STALL,  # a clone disk neither in the master nor sized, or shrunk
+    "MasterKept": _DONE,  # Event: a master image left because it is still a backing file
     **_HOST_SUMMARY,
 }
 

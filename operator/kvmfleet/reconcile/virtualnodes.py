@@ -25,7 +25,15 @@ from kvmfleet.domain.diskuse import users_elsewhere
 from kvmfleet.domain.power import Call, Transition, plan_power
 from kvmfleet.domain.specs import RunStrategy, VirtualNodeSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
-from kvmfleet.reconcile import failpoints, hostusage, vmconsole, vmdisks, vmdomain, vmremove
+from kvmfleet.reconcile import (
+    failpoints,
+    hostusage,
+    vmclones,
+    vmconsole,
+    vmdisks,
+    vmdomain,
+    vmremove,
+)
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostaccess import PlacedHost, connect_host, read_host
 from kvmfleet.reconcile.outcome import Outcome
@@ -131,15 +139,12 @@ async def _converge(
     conds: dict[str, Condition],
 ) -> None:
     await _check_name(ctx, node)
-    if spec.source is not None:
-        # Never boot blank disks in place of a clone: nothing is placed or made.
-        raise PermanentError(
-            f"spec.source (a clone of VmMaster {spec.source.vm_master}) is planned, not "
-            "implemented yet: no disk is made and nothing is defined; remove spec.source",
-            reason="NotImplemented",
-        )
+    # Clones (spec.source): the master must be Ready and reachable from the host.
+    clone = await vmclones.resolve(ctx, node, spec) if spec.source is not None else None
+    if clone is not None:
+        await vmclones.check_pinned(ctx, node, clone, spec)
     try:
-        placement = await ensure_placed(ctx, node, spec)
+        placement = await ensure_placed(ctx, node, clone.placement_spec(spec) if clone else spec)
     except UnschedulableError as error:
         conds[SCHEDULED] = Condition(SCHEDULED, Status.FALSE, error.reason, error.message)
         outcome.status["phase"] = "Scheduling"
@@ -168,8 +173,10 @@ async def _converge(
         conds[AUTHORIZED] = Condition(
             AUTHORIZED, Status.TRUE, "Allowed", f"KvmHost {placement.host} allows this VM"
         )
+        if clone is not None:
+            clone.check_reach(placement.host, host_spec)
         host = await connect_host(ctx, placement.host, host_spec, host_status)
-        await _on_host(ctx, node, spec, host, placement, outcome, conds)
+        await _on_host(ctx, node, spec, host, placement, outcome, conds, clone)
     except TemporaryError as error:
         _host_unavailable(node, outcome, conds, placement.host, error)
     except PermanentError as error:
@@ -246,6 +253,7 @@ async def _on_host(  # noqa: PLR0917 - the pass's whole context
     placement: Placement,
     outcome: Outcome,
     conds: dict[str, Condition],
+    clone: vmclones.Clone | None = None,
 ) -> None:
     guests = await host.guests()
     try:
@@ -253,12 +261,14 @@ async def _on_host(  # noqa: PLR0917 - the pass's whole context
     except NotFoundError:
         before = None
 
+    mount_root = ctx.settings.mount_root
     disks = await vmdisks.ensure(
         host,
         Owner(node.namespace or "", node.name, node.uid),
         spec,
-        ctx.settings.mount_root,
+        mount_root,
         running=before in (PowerState.ON, PowerState.PAUSED),
+        clone=clone.images(node.namespace or "", host.spec, mount_root) if clone else None,
     )
     for path in disks.created:
         outcome.note("DiskCreated", f"created {path}")

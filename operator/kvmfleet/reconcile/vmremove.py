@@ -24,12 +24,12 @@ from kvmfleet.domain.diskstate import OWNER_SUFFIX, Existence, Owner
 from kvmfleet.domain.specs import ReclaimPolicy, VirtualNodeSpec
 from kvmfleet.domain.storage_urls import DiskLocation, DiskSourceType
 from kvmfleet.errors import KvmfleetError, NotFoundError, TemporaryError
-from kvmfleet.reconcile import vmdisks
+from kvmfleet.reconcile import imagefiles, vmdisks
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostaccess import PlacedHost, open_host
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
-from kvmfleet.ssh import diskprobe, hostcmds, nfsdirect
+from kvmfleet.ssh import hostcmds, nfsdirect
 from kvmfleet.virt.guest import PowerState
 
 ORPHAN_ANNOTATION = "kvmfleet.io/orphan"
@@ -292,22 +292,8 @@ async def _backed_by_in_pool(
     directory = vmdisks.pool_directory(where, host.spec, mount_root)
     if directory is None:
         return []
-    result = await host.session.run(diskprobe.backing_argv(directory), check=False)
-    data = diskprobe.parse(result.stdout)
-    if not result.ok or not data.get("ok"):
-        return _BlockedError(f"cannot read the images of {directory}: {result.stderr[-200:]}")
-    users = []
-    for image in data.get("images") or []:
-        name = str(image.get("image", ""))
-        if name == where.file_name:
-            continue
-        if image.get("errno"):
-            return _BlockedError(f"cannot read {directory}/{name} ({image['errno']})")
-        named = str(image.get("backing", ""))
-        resolved = named if "://" in named else posixpath.normpath(posixpath.join(directory, named))
-        if resolved == where.path or posixpath.basename(named) == where.file_name:
-            users.append(f"{directory}/{name}")
-    return users
+    scan = await imagefiles.backed_by(host, directory, where.path)
+    return _BlockedError(scan.error) if scan.error else scan.users
 
 
 async def _backing_files(ctx: Context, node: Resource) -> set[str]:

@@ -1,4 +1,4 @@
-"""NFS without a mount (nfsAccess Direct): remove files and read capacity through libnfs.
+"""NFS without a mount (nfsAccess Direct): remove and rename files, read capacity (libnfs).
 
 QEMU and qemu-img reach an NFS export themselves through libnfs (`nfs://` URLs), so a
 host needs no kernel NFS client. Creating images works with qemu-img alone; removing
@@ -87,6 +87,13 @@ elif op == "write":
     if lib.nfs_rename(ctx, path + b".tmp", path) != 0:
         fail("cannot rename the file")
     print(json.dumps({"ok": True}))
+elif op == "rename":
+    target = lib.nfs_parse_url_full(ctx, sys.argv[3].encode())
+    if not target:
+        fail("cannot parse the target URL")
+    if lib.nfs_rename(ctx, u.contents.file, target.contents.file) != 0:
+        fail("cannot rename the file")
+    print(json.dumps({"ok": True}))
 else:
     buf = (ctypes.c_ulong * 20)()
     if lib.nfs_statvfs(ctx, b"/", buf) != 0:
@@ -134,6 +141,13 @@ def write_argv(storage: StorageURL, file_name: str) -> list[str]:
     """argv that atomically replaces one file of the export with its stdin."""
     _plain(file_name)
     return ["python3", "-c", _PROGRAM, "write", _url(storage, file_name)]
+
+
+def rename_argv(storage: StorageURL, file_name: str, new_name: str) -> list[str]:
+    """argv that renames one file of the export to another name in the same directory."""
+    _plain(file_name)
+    _plain(new_name)
+    return ["python3", "-c", _PROGRAM, "rename", _url(storage, file_name), _url(storage, new_name)]
 
 
 def _plain(file_name: str) -> None:
