@@ -13,7 +13,7 @@ import posixpath
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from kvmfleet.domain.storage_urls import DiskLocation, DiskSourceType
+from kvmfleet.domain.storage_urls import DiskLocation, DiskSourceType, StorageURL
 from kvmfleet.domain.vmmaster import partial_name
 from kvmfleet.errors import KvmfleetError
 from kvmfleet.reconcile import failpoints
@@ -59,6 +59,17 @@ async def rename(host: PlacedHost, source: DiskLocation, destination: DiskLocati
         await host.session.run(hostcmds.rename_file(source.path, destination.path))
 
 
+async def chmod(host: PlacedHost, where: DiskLocation, mode: int) -> None:
+    """Set a file's permission bits."""
+    if where.source_type is DiskSourceType.NETWORK:
+        argv = nfsdirect.chmod_argv(where.storage, where.file_name or "", mode)
+        result = nfsdirect.parse((await host.session.run(argv, check=False)).stdout)
+        if not result.ok:
+            raise ImageError(f"cannot chmod {where.qemu_img_target}: {result.error}")
+    else:
+        await host.session.run(hostcmds.chmod_file(where.path, mode))
+
+
 async def _run(host: PlacedHost, argv: list[str], what: str) -> None:
     result = await host.session.run(argv, check=False, limit=COPY_LIMIT)
     if not result.ok:
@@ -85,9 +96,11 @@ async def publish(
     verify: Callable[[str], Awaitable[None]] | None = None,
     *,
     failpoint: str = "",
+    mode: int | None = None,
 ) -> None:
     """Write ``final`` through its partial file: remove any leftover partial, ``make`` it,
-    ``verify`` it, rename it. A crash anywhere leaves no file under the final name."""
+    ``verify`` it, set its ``mode``, rename it. A crash anywhere leaves no file under the
+    final name."""
     partial = sibling(final, partial_name(final.file_name or ""))
     await remove(host, partial)
     await make(partial.qemu_img_target)
@@ -95,6 +108,8 @@ async def publish(
         failpoints.hit(failpoint)
     if verify is not None:
         await verify(partial.qemu_img_target)
+    if mode is not None:
+        await chmod(host, partial, mode)
     await rename(host, partial, final)
 
 
@@ -123,10 +138,14 @@ class BackingScan:
     error: str = ""
 
 
-async def backed_by(host: PlacedHost, directory: str, path: str) -> BackingScan:
-    """Images of ``directory`` (on ``host``) whose qcow2 header names ``path`` (or a file of
-    the same name, as a relative name would) as backing file. Read from the headers only."""
-    result = await host.session.run(diskprobe.backing_argv(directory), check=False)
+async def backed_by(
+    host: PlacedHost, directory: str, path: str, export: StorageURL | None = None
+) -> BackingScan:
+    """Images of ``directory`` (on ``host``; or of the NFS ``export``, read through libnfs)
+    whose qcow2 header names ``path`` (or a file of the same name, as a relative name or
+    another host's view of the same export would) as backing file. Headers only."""
+    argv = nfsdirect.backing_argv(export) if export else diskprobe.backing_argv(directory)
+    result = await host.session.run(argv, check=False)
     data = diskprobe.parse(result.stdout)
     if not result.ok or not data.get("ok"):
         return BackingScan([], f"cannot read the images of {directory}: {result.stderr[-200:]}")
@@ -139,7 +158,10 @@ async def backed_by(host: PlacedHost, directory: str, path: str) -> BackingScan:
         if image.get("errno"):
             return BackingScan([], f"cannot read {directory}/{name} ({image['errno']})")
         named = str(image.get("backing", ""))
-        resolved = named if "://" in named else posixpath.normpath(posixpath.join(directory, named))
+        if "://" in named or export is not None:
+            resolved = named
+        else:
+            resolved = posixpath.normpath(posixpath.join(directory, named))
         if resolved == path or posixpath.basename(named) == file_name:
             users.append(f"{directory}/{name}")
     return BackingScan(users)

@@ -30,6 +30,7 @@ from kvmfleet.domain.specs import CloneMode, KvmHostSpec, VirtualNodeSpec, VmMas
 from kvmfleet.domain.storage_urls import (
     DiskLocation,
     DiskSourceType,
+    NfsAccess,
     StorageKind,
     StorageURL,
     file_location,
@@ -63,6 +64,8 @@ from kvmfleet.reconcile.vmremove import ORPHAN_ANNOTATION, orphaning
 from kvmfleet.ssh import facts, hostcmds
 
 RETRY = 15.0
+MASTER_MODE = 0o444
+"""Master images are read-only files, readable by QEMU's user (also over NFS Direct)."""
 DELETE_RETRY = 10.0
 
 
@@ -291,6 +294,7 @@ async def _capture_disk(  # noqa: PLR0917 - one disk's whole context
             lambda partial: imagefiles.copy_image(host, source_target, partial),
             verify,
             failpoint="capture-after-copy",
+            mode=MASTER_MODE,
         )
         outcome.note("Captured", f"{source_target} copied to {master_target} and verified")
         failpoints.hit("capture-after-rename")
@@ -467,9 +471,9 @@ async def _delete_images(
 
 async def _backing_users(ctx: Context, host: PlacedHost, where: DiskLocation) -> list[str]:
     """Images naming this master image as backing file, in every file pool of every host
-    that can reach it (the master's host; for NFS each host listing the export). A pool
-    that cannot be listed (an unreachable host, an NFS Direct export) counts as a user:
-    the image is then kept."""
+    that can reach it (the master's host; for NFS each host listing the export), NFS
+    Direct exports read through libnfs. A pool that cannot be listed (an unreachable
+    host) counts as a user: the image is then kept."""
     mount_root = ctx.settings.mount_root
     storage = where.storage
     hosts: list[tuple[str, KvmHostSpec]] = [(host.name, host.spec)]
@@ -485,6 +489,7 @@ async def _backing_users(ctx: Context, host: PlacedHost, where: DiskLocation) ->
             if storage in {p.url for p in other_spec.storage_pools}:
                 hosts.append((name, other_spec))
     users: list[str] = []
+    scanned: set[str] = set()
     for name, host_spec in hosts:
         # The master file's path as this host sees it, and every directory it keeps files in.
         seen_as = file_location(
@@ -500,15 +505,20 @@ async def _backing_users(ctx: Context, host: PlacedHost, where: DiskLocation) ->
                 )
             )
         ]
-        if any(
-            p.url.kind is StorageKind.NFS and host_spec.nfs_access.value == "Direct"
+        exports = [
+            p.url
             for p in host_spec.storage_pools
-        ):
-            users.append(f"images of NFS exports KvmHost {name} reaches directly (not listable)")
+            if p.url.kind is StorageKind.NFS and host_spec.nfs_access is NfsAccess.DIRECT
+        ]
         try:
             other = host if name == host.name else await open_host(ctx, name)
-            for directory in directories:
-                scan = await imagefiles.backed_by(other, directory, seen_as.path)
+            scans = [(d, None) for d in directories] + [(str(e), e) for e in exports]
+            for directory, export in scans:
+                if export is not None and str(export) in scanned:
+                    continue  # one export is the same files whichever host lists it
+                scan = await imagefiles.backed_by(other, directory, seen_as.path, export)
+                if export is not None:
+                    scanned.add(str(export))
                 if scan.error:
                     users.append(f"images of {directory} on {name} ({scan.error})")
                 users.extend(f"{u} on {name}" for u in scan.users)

@@ -300,3 +300,10 @@ def rename_file(source: str, destination: str) -> list[str]:
     if src.startswith("nfs://") or dst.startswith("nfs://"):
         fail("source", "an nfs:// file is renamed with kvmfleet.ssh.nfsdirect")
     return ["mv", "-f", "-T", "--", src, dst]
+
+
+def chmod_file(path: str, mode: int) -> list[str]:
+    """Set one file's permission bits (``mode`` at most 0o777, never recursive)."""
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        fail("mode", f"{show(mode)} is not a permission mode")
+    return ["chmod", f"{mode:o}", "--", image_location(path)]
