@@ -277,3 +277,60 @@ def placement_spec(
         DiskSpec(name=f"vmmaster-{index}", storage=by_url[url]) for index, url in enumerate(shared)
     )
     return replace(clone, disks=clone.disks + extra), None
+
+
+# --- objects written by kubectl kvm capture / clone ----------------------------------------
+
+
+def master_object(
+    namespace: str, name: str, source_node: str, *, detached: bool, storage: str | None = None
+) -> dict[str, Any]:
+    """The VmMaster ``kubectl kvm capture VM MASTER [--detached]`` writes (``clonevm -t``)."""
+    spec: dict[str, Any] = {
+        "sourceNode": validate_dns1123_label(source_node, "VM"),
+        "mode": str(CloneMode.DETACHED if detached else CloneMode.ATTACHED),
+    }
+    if storage:
+        spec["storage"] = storage
+    return {
+        "apiVersion": "kvmfleet.io/v1alpha1",
+        "kind": "VmMaster",
+        "metadata": {"name": validate_dns1123_label(name, "MASTER"), "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def clone_object(
+    namespace: str,
+    name: str,
+    master: Mapping[str, Any],
+    *,
+    detached: bool,
+    host: str | None = None,
+) -> dict[str, Any]:
+    """The VirtualNode ``kubectl kvm clone MASTER VM [--detached]`` writes (``clonevm -b``):
+    the master's disks (by name, their size), NICs (bridge and model; MACs are the
+    clone's own), os, arch and profile, and ``spec.source``."""
+    status = master.get("status") or {}
+    spec: dict[str, Any] = {
+        "source": {
+            "vmMaster": str((master.get("metadata") or {}).get("name")),
+            "mode": str(CloneMode.DETACHED if detached else CloneMode.ATTACHED),
+        },
+        "disks": [{"name": str(d["name"])} for d in status.get("disks") or []],
+        "nics": [
+            {k: v for k, v in (("bridge", n.get("bridge")), ("model", n.get("model"))) if v}
+            for n in status.get("nics") or []
+        ],
+    }
+    for key in ("os", "arch", "profile"):
+        if status.get(key):
+            spec[key] = status[key]
+    if host:
+        spec["hostRef"] = host
+    return {
+        "apiVersion": "kvmfleet.io/v1alpha1",
+        "kind": "VirtualNode",
+        "metadata": {"name": validate_dns1123_label(name, "VM"), "namespace": namespace},
+        "spec": spec,
+    }
