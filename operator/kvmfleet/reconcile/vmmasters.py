@@ -126,6 +126,7 @@ async def _reconcile(ctx: Context, master: Resource) -> Outcome:
     try:
         async with ctx.lock(f"vn/{source_res.uid}"):  # the source is not started meanwhile
             await _capture(ctx, master, spec, source_res, str(host_name), outcome)
+        _count(master, spec, nodes, outcome, started=bool(outcome.status.get("host")))
     except TemporaryError as error:
         message = f"KvmHost {host_name}: {error.message}"
         _summarise(outcome, ready=False, reason="HostUnavailable", message=message)
@@ -143,10 +144,16 @@ async def _reconcile(ctx: Context, master: Resource) -> Outcome:
 
 
 def _count(
-    master: Resource, spec: VmMasterSpec, nodes: list[dict[str, Any]], outcome: Outcome
+    master: Resource,
+    spec: VmMasterSpec,
+    nodes: list[dict[str, Any]],
+    outcome: Outcome,
+    *,
+    started: bool = False,
 ) -> None:
     namespace = master.namespace or ""
-    source = spec.source_node if _attached_source(master, spec) else None
+    attached = _attached_source(master, spec) or (started and spec.mode is CloneMode.ATTACHED)
+    source = spec.source_node if attached else None
     found = dependants(namespace, master.name, nodes, attached_source=source)
     outcome.status["clones"] = clone_count(namespace, master.name, nodes)
     outcome.status["dependants"] = [str(d) for d in found]
