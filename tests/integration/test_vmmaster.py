@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
-from support.testbed import RUN_DIR, host_manifests
+from support.testbed import RUN_DIR, host_manifests, on_host
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
 
@@ -68,6 +68,12 @@ def qemu(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def info(path: Path) -> dict[str, Any]:
     out = qemu("qemu-img", "info", "-U", "--output=json", "-f", "qcow2", str(path)).stdout
     return dict(json.loads(out))
+
+
+def write_pattern(url: str) -> None:
+    """Guest data, written through the NFS server as a guest's QEMU would (a write to the
+    export's directory behind the server's back is not seen by its NFS clients at once)."""
+    on_host("kvmhost1", "qemu-io", "-f", "qcow2", "-c", f"write -P {PATTERN} 0 1M", url)
 
 
 def has_pattern(path: Path) -> bool:
@@ -142,7 +148,7 @@ def test_guide_flow_capture_clone_and_guarded_deletion(
     )
     cluster.wait_for(is_("Ready", "True"), "vn", "kvm2", "-n", ns, timeout=120)
     kvm2_disk = export / "kvm2.hda.qcow2"
-    qemu("qemu-io", "-f", "qcow2", "-c", f"write -P {PATTERN} 0 1M", str(kvm2_disk))
+    write_pattern(f"{url}/kvm2.hda.qcow2")
 
     # clonevm kvm2 -t kvmm
     cluster.apply(master("kvmm", ns, "kvm2"))
@@ -285,7 +291,7 @@ def test_operator_killed_mid_capture_recovers(
     )
     cluster.wait_for(is_("Ready", "True"), "vn", "kvmc", "-n", ns, timeout=120)
     disk = export / "kvmc.hda.qcow2"
-    qemu("qemu-io", "-f", "qcow2", "-c", f"write -P {PATTERN} 0 1M", str(disk))
+    write_pattern(f"{testbed['nfs']['url']}/kvmc.hda.qcow2")
     final = export / f"vmmaster.{ns}.kvmmc.hda.qcow2"
     operator.stop()
     crashing = OperatorProcess(
