@@ -132,10 +132,12 @@ def test_guide_flow_capture_clone_and_guarded_deletion(
     cluster: Kubectl, hosts: list[str], ns: str, testbed: dict[str, Any]
 ) -> None:
     export, url = nfs_dir(testbed), testbed["nfs"]["url"]
+    # VirtualNode names are unique in the cluster: the guide's names with this run's suffix.
+    kvm2, kvm3, kvm4 = (f"kvm{n}-{ns[-6:]}" for n in (2, 3, 4))
     disk = [{"name": "hda", "size": "64Mi"}]  # the hosts' first pool: the NFS export
     cluster.apply(
         vm(
-            "kvm2",
+            kvm2,
             ns,
             hostRef="kvmhost1",
             disks=disk,
@@ -146,12 +148,12 @@ def test_guide_flow_capture_clone_and_guarded_deletion(
             profile="compute",
         )
     )
-    cluster.wait_for(is_("Ready", "True"), "vn", "kvm2", "-n", ns, timeout=120)
-    kvm2_disk = export / "kvm2.hda.qcow2"
-    write_pattern(f"{url}/kvm2.hda.qcow2")
+    cluster.wait_for(is_("Ready", "True"), "vn", kvm2, "-n", ns, timeout=120)
+    kvm2_disk = export / f"{kvm2}.hda.qcow2"
+    write_pattern(f"{url}/{kvm2}.hda.qcow2")
 
     # clonevm kvm2 -t kvmm
-    cluster.apply(master("kvmm", ns, "kvm2"))
+    cluster.apply(master("kvmm", ns, kvm2))
     kvmm = cluster.wait_for(is_("Ready", "True", "Captured"), "vmm", "kvmm", "-n", ns, timeout=180)
     master_file = export / f"vmmaster.{ns}.kvmm.hda.qcow2"
     status = kvmm["status"]
@@ -171,7 +173,7 @@ def test_guide_flow_capture_clone_and_guarded_deletion(
     # clonevm kvm4 -b kvmm, on the other host: an overlay, grown; kvm2 boots again too.
     cluster.apply(
         vm(
-            "kvm4",
+            kvm4,
             ns,
             hostRef="kvmhost2",
             source={"vmMaster": "kvmm"},
@@ -180,38 +182,38 @@ def test_guide_flow_capture_clone_and_guarded_deletion(
         )
     )
     cluster.run(
-        "patch", "vn", "kvm2", "-n", ns, "--type=merge", "-p", '{"spec":{"runStrategy":"Always"}}'
+        "patch", "vn", kvm2, "-n", ns, "--type=merge", "-p", '{"spec":{"runStrategy":"Always"}}'
     )
-    kvm4 = cluster.wait_for(is_("Ready", "True", "Running"), "vn", "kvm4", "-n", ns, timeout=180)
-    kvm4_disk = export / "kvm4.hda.qcow2"
+    kvm4_obj = cluster.wait_for(is_("Ready", "True", "Running"), "vn", kvm4, "-n", ns, timeout=180)
+    kvm4_disk = export / f"{kvm4}.hda.qcow2"
     assert info(kvm4_disk)["backing-filename"] == mdisk["path"]
     assert info(kvm4_disk)["virtual-size"] == 96 * 1024**2
-    assert kvm4["status"]["disks"][0]["backingFile"] == mdisk["path"]
-    kvm2 = cluster.wait_for(is_("Ready", "True", "Running"), "vn", "kvm2", "-n", ns, timeout=180)
-    macs = {kvm2["status"]["nics"][0]["mac"], kvm4["status"]["nics"][0]["mac"]}
+    assert kvm4_obj["status"]["disks"][0]["backingFile"] == mdisk["path"]
+    kvm2_obj = cluster.wait_for(is_("Ready", "True", "Running"), "vn", kvm2, "-n", ns, timeout=180)
+    macs = {kvm2_obj["status"]["nics"][0]["mac"], kvm4_obj["status"]["nics"][0]["mac"]}
     assert len(macs) == 2
-    assert kvm2["status"]["domainUUID"] != kvm4["status"]["domainUUID"]
+    assert kvm2_obj["status"]["domainUUID"] != kvm4_obj["status"]["domainUUID"]
 
     # clonevm kvm2 -t kvmmd -d, then clonevm kvm3 -b kvmmd -d: standalone images.
     cluster.run(
-        "patch", "vn", "kvm2", "-n", ns, "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}'
+        "patch", "vn", kvm2, "-n", ns, "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}'
     )
     cluster.wait_for(
         lambda o: o.get("status", {}).get("powerState") == "Off",
         "vn",
-        "kvm2",
+        kvm2,
         "-n",
         ns,
         timeout=120,
     )
-    cluster.apply(master("kvmmd", ns, "kvm2", mode="Detached"))
+    cluster.apply(master("kvmmd", ns, kvm2, mode="Detached"))
     cluster.wait_for(is_("Ready", "True", "Captured"), "vmm", "kvmmd", "-n", ns, timeout=180)
     kvmmd_file = export / f"vmmaster.{ns}.kvmmd.hda.qcow2"
     assert "backing-filename" not in info(kvmmd_file) and has_pattern(kvmmd_file)
     assert info(kvm2_disk)["backing-filename"] == mdisk["path"]  # detached: kvm2 untouched
     cluster.apply(
         vm(
-            "kvm3",
+            kvm3,
             ns,
             hostRef="kvmhost2",
             source={"vmMaster": "kvmmd", "mode": "Detached"},
@@ -219,12 +221,12 @@ def test_guide_flow_capture_clone_and_guarded_deletion(
             reclaimPolicy="Delete",
         )
     )
-    cluster.wait_for(is_("Ready", "True", "Running"), "vn", "kvm3", "-n", ns, timeout=180)
-    kvm3_disk = export / "kvm3.hda.qcow2"
+    cluster.wait_for(is_("Ready", "True", "Running"), "vn", kvm3, "-n", ns, timeout=180)
+    kvm3_disk = export / f"{kvm3}.hda.qcow2"
     assert "backing-filename" not in info(kvm3_disk)
     kvmm = cluster.json("get", "vmm", "kvmm", "-n", ns)
     assert kvmm["status"]["clones"] == 1
-    assert sorted(d.split(" ")[0] for d in kvmm["status"]["dependants"]) == ["kvm2", "kvm4"]
+    assert sorted(d.split(" ")[0] for d in kvmm["status"]["dependants"]) == [kvm2, kvm4]
 
     # Deleting kvmm while kvm4 and kvm2 depend on it waits and says who.
     cluster.run("delete", "vmm", "kvmm", "-n", ns, "--wait=false")
@@ -232,12 +234,12 @@ def test_guide_flow_capture_clone_and_guarded_deletion(
         is_("Ready", "False", "DependantsExist"), "vmm", "kvmm", "-n", ns, timeout=60
     )
     message = condition(waiting, "Ready")["message"]
-    assert "kvm4" in message and "kvm2" in message
+    assert kvm4 in message and kvm2 in message
     assert master_file.exists()
     # Purging the clones never removes the master image.
-    cluster.run("delete", "vn", "kvm4", "kvm2", "-n", ns, "--wait=false")
-    gone(cluster, "vn", ns, "kvm4", timeout=180)
-    gone(cluster, "vn", ns, "kvm2", timeout=180)
+    cluster.run("delete", "vn", kvm4, kvm2, "-n", ns, "--wait=false")
+    gone(cluster, "vn", ns, kvm4, timeout=180)
+    gone(cluster, "vn", ns, kvm2, timeout=180)
     assert not kvm4_disk.exists() and not kvm2_disk.exists()
     gone(cluster, "vmm", ns, "kvmm", timeout=120)
     # kvm3 (detached) is standalone and kvmmd is untouched by all of it.
@@ -250,23 +252,24 @@ def test_guide_flow_capture_clone_and_guarded_deletion(
 def test_capture_of_a_running_node_is_refused(
     cluster: Kubectl, hosts: list[str], ns: str, testbed: dict[str, Any]
 ) -> None:
+    kvmr = f"kvmr-{ns[-6:]}"
     cluster.apply(
         vm(
-            "kvmr",
+            kvmr,
             ns,
             hostRef="kvmhost1",
             disks=[{"name": "hda", "size": "64Mi"}],
             reclaimPolicy="Delete",
         )
     )
-    cluster.wait_for(is_("Ready", "True", "Running"), "vn", "kvmr", "-n", ns, timeout=180)
-    cluster.apply(master("kvmmr", ns, "kvmr"))
+    cluster.wait_for(is_("Ready", "True", "Running"), "vn", kvmr, "-n", ns, timeout=180)
+    cluster.apply(master("kvmmr", ns, kvmr))
     obj = cluster.wait_for(
         is_("Stalled", "True", "SourceRunning"), "vmm", "kvmmr", "-n", ns, timeout=60
     )
     assert "powered off" in condition(obj, "Ready")["message"]
     assert not list(nfs_dir(testbed).glob(f"vmmaster.{ns}.kvmmr.*"))
-    assert "backing-filename" not in info(nfs_dir(testbed) / "kvmr.hda.qcow2")
+    assert "backing-filename" not in info(nfs_dir(testbed) / f"{kvmr}.hda.qcow2")
 
 
 @pytest.mark.parametrize("failpoint", ["capture-after-copy", "capture-after-rebase"])
@@ -279,9 +282,10 @@ def test_operator_killed_mid_capture_recovers(
     failpoint: str,
 ) -> None:
     export = nfs_dir(testbed)
+    kvmc = f"kvmc-{ns[-6:]}"
     cluster.apply(
         vm(
-            "kvmc",
+            kvmc,
             ns,
             hostRef="kvmhost1",
             disks=[{"name": "hda", "size": "64Mi"}],
@@ -289,9 +293,9 @@ def test_operator_killed_mid_capture_recovers(
             reclaimPolicy="Delete",
         )
     )
-    cluster.wait_for(is_("Ready", "True"), "vn", "kvmc", "-n", ns, timeout=120)
-    disk = export / "kvmc.hda.qcow2"
-    write_pattern(f"{testbed['nfs']['url']}/kvmc.hda.qcow2")
+    cluster.wait_for(is_("Ready", "True"), "vn", kvmc, "-n", ns, timeout=120)
+    disk = export / f"{kvmc}.hda.qcow2"
+    write_pattern(f"{testbed['nfs']['url']}/{kvmc}.hda.qcow2")
     final = export / f"vmmaster.{ns}.kvmmc.hda.qcow2"
     operator.stop()
     crashing = OperatorProcess(
@@ -301,7 +305,7 @@ def test_operator_killed_mid_capture_recovers(
     )
     try:
         crashing.start()
-        cluster.apply(master("kvmmc", ns, "kvmc"))
+        cluster.apply(master("kvmmc", ns, kvmc))
         assert crashing.proc is not None
         crashing.proc.wait(timeout=120)
         assert crashing.proc.returncode == 86, crashing.log()[-2000:]
