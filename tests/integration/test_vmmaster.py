@@ -22,23 +22,12 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
+from support.objects import condition, is_
 from support.testbed import RUN_DIR, host_manifests, on_host
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
 
 PATTERN = "0x5a"
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
-def is_(type_: str, status: str, reason: str | None = None) -> Any:
-    def check(obj: dict[str, Any]) -> bool:
-        found = condition(obj, type_)
-        return found.get("status") == status and reason in (None, found.get("reason"))
-
-    return check
 
 
 def vm(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
