@@ -185,7 +185,6 @@ _TABLE: dict[str, Progress] = {
     "DeletionBlocked": _STALL,  # fix the cause, or set kvmfleet.io/orphan
     # VmMaster capture and clones (domain/vmmaster.py).
     "Captured": _DONE,  # VmMaster Ready: the master images are complete and verified
-    "Capturing": _RETRY,
     "SourceNotFound": _STALL,  # the sourceNode VirtualNode does not exist
     "SourceNotPlaced": _RETRY,  # the source VirtualNode has no host yet
     "SourceRunning": _STALL,  # power the source off (runStrategy Halted) to capture it
@@ -194,7 +193,6 @@ _TABLE: dict[str, Progress] = {
     "WaitingForMaster": _RETRY,  # a clone's VmMaster is not captured yet
     "MasterUnreachable": _STALL,  # the clone's host cannot reach the master's storage
     "MasterDiskMissing": _STALL,  # a clone disk neither in the master nor sized, or shrunk
-    "MasterKept": _DONE,  # Event: a master image left because it is still a backing file
     **_HOST_SUMMARY,
 }
 
