@@ -211,6 +211,7 @@ class OperatorProcess:
                     return
             except OSError:
                 time.sleep(0.3)
+        self.stop(kill=True)  # never leave it running to fight the next one over the objects
         raise AssertionError(f"operator not healthy in 60s: {self.log_path.read_text()[-3000:]}")
 
     def stop(self, kill: bool = False) -> None:
