@@ -22,12 +22,14 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess, free_port
+from support.objects import is_, vm
 from support.testbed import RUN_DIR, host_manifests
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "charts" / "kvmfleet" / "dashboards" / "kvmfleet.json"
+READY = is_("Ready", "True")
 JOB = "kvmfleet-metrics"  # the metrics Service's name for release "kvmfleet"
 SCRAPE = 2  # seconds
 
@@ -119,7 +121,7 @@ def hosts(cluster: Kubectl, operator: OperatorProcess, testbed: dict[str, Any]) 
     cluster.apply(host_manifests(testbed))
     names = [h["name"] for h in testbed["hosts"]]
     for name in names:
-        cluster.wait_for(_ready, "kh", name, timeout=180)
+        cluster.wait_for(READY, "kh", name, timeout=180)
     return names
 
 
@@ -130,24 +132,6 @@ def ns(cluster: Kubectl) -> Iterator[str]:
     yield name
     cluster.run("delete", "vn", "--all", "-n", name, "--timeout=180s", check=False, timeout=200)
     cluster.run("delete", "namespace", name, "--wait=false", check=False)
-
-
-def _ready(obj: dict[str, Any]) -> bool:
-    return any(
-        c["type"] == "Ready" and c["status"] == "True"
-        for c in obj.get("status", {}).get("conditions", [])
-    )
-
-
-def vm(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"cpus": 1, "memory": "64Mi", "nics": [{"bridge": "br0"}]}
-    body.update(spec)
-    return {
-        "apiVersion": "kvmfleet.io/v1alpha1",
-        "kind": "VirtualNode",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": body,
-    }
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 1.0) -> Any:
@@ -201,7 +185,7 @@ def test_prometheus_scrapes_and_every_dashboard_query_has_series(
             reclaimPolicy="Delete",
         )
     )
-    cluster.wait_for(_ready, "vn", name, "-n", ns, timeout=180)
+    cluster.wait_for(READY, "vn", name, "-n", ns, timeout=180)
 
     (target,) = wait_for(
         lambda: [t for t in prometheus.targets() if t["health"] == "up"] or None,
@@ -238,11 +222,13 @@ def test_series_count_returns_to_its_baseline_after_20_vms(
     cluster: Kubectl, hosts: list[str], operator: OperatorProcess, prometheus: Prometheus, ns: str
 ) -> None:
     def batch(names: list[str]) -> dict[str, Any]:
-        items = [vm(n, ns, runStrategy="Halted", vnc={"enabled": False}) for n in names]
+        items = [
+            vm(n, ns, memory="64Mi", runStrategy="Halted", vnc={"enabled": False}) for n in names
+        ]
         return {"apiVersion": "v1", "kind": "List", "items": items}
 
     def all_ready(count: int) -> Any:
-        return lambda o: len(o["items"]) == count and all(_ready(i) for i in o["items"])
+        return lambda o: len(o["items"]) == count and all(READY(i) for i in o["items"])
 
     def gone() -> bool:
         listing = cluster.json("get", "vn", "-n", ns)
