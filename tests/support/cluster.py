@@ -213,6 +213,7 @@ class OperatorProcess:
                     return
             except OSError:
                 time.sleep(0.3)
+        self.stop(kill=True)  # never leave it running to fight the next one over the objects
         raise AssertionError(
             f"operator not healthy in {limit:.0f}s: {self.log_path.read_text()[-3000:]}"
         )

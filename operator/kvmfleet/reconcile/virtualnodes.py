@@ -119,7 +119,6 @@ async def remove(ctx: Context, node: Resource) -> Outcome:
 
 async def converge(ctx: Context, node: Resource) -> Outcome:
     """One full pass over a VirtualNode; the Outcome carries its whole status."""
-    started = time.monotonic()
     spec = VirtualNodeSpec.from_dict(node.spec)
     outcome = Outcome()
     conds: dict[str, Condition] = {}
@@ -127,7 +126,6 @@ async def converge(ctx: Context, node: Resource) -> Outcome:
         await _converge(ctx, node, spec, outcome, conds)
     finally:
         ctx.last_sync[node.uid] = time.monotonic()
-        metrics.VM_OPERATION_DURATION.labels("reconcile").observe(time.monotonic() - started)
     return outcome
 
 
@@ -160,6 +158,7 @@ async def _converge(
         for nic, mac in zip(spec.nics, placement.macs, strict=True)
     ]
     outcome.labels[HOST_LABEL] = placement.host
+    metrics.set_vm_info(node.namespace or "", node.name, placement.host, str(spec.run_strategy))
 
     try:
         host_spec, host_status = await read_host(ctx, placement.host)
@@ -272,7 +271,7 @@ async def _on_host(  # noqa: PLR0917 - the pass's whole context
     )
     for path in disks.created:
         outcome.note("DiskCreated", f"created {path}")
-        metrics.VM_OPERATIONS.labels("create-disk", "success").inc()
+        metrics.count_operation("create-disk")
     for path in disks.grown:
         outcome.note("DiskGrown", f"grew {path}")
     for path in disks.claimed:
@@ -319,10 +318,11 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
     if result.defined_now:
         outcome.note("Defined", f"domain {node.name} defined on {host.name} (mkvm)")
         await hostusage.publish(ctx, host.name, added=(node.name, str(result.state)))
-        metrics.VM_OPERATIONS.labels("define", "success").inc()
+        metrics.count_operation("define")
         failpoints.hit("after-define")
     elif result.redefined:
         outcome.note("Redefined", f"domain {node.name} updated from the spec (chvm)")
+        metrics.count_operation("redefine")
     outcome.status["domainUUID"] = result.uuid
     conds[DEFINED] = Condition(
         DEFINED, Status.TRUE, "Defined", f"domain {node.name} on {host.name}"
@@ -431,12 +431,8 @@ async def _power_call(ctx: Context, guests: Guests, name: str, call: Call) -> No
         Call.DESTROY: guests.destroy,
         Call.RESET: guests.reset,
     }[call]
-    try:
+    with metrics.operation(str(call)):
         await ctx.blocking(fn, name)
-    except KvmfleetError:
-        metrics.VM_OPERATIONS.labels(str(call), "error").inc()
-        raise
-    metrics.VM_OPERATIONS.labels(str(call), "success").inc()
     if call is Call.START:
         failpoints.hit("after-start")
 
@@ -456,6 +452,7 @@ async def _observe(
     outcome.status["powerState"] = str(state)
     outcome.status["pauseReason"] = str(pause.reason) if pause else None
     metrics.set_power_state(node.namespace or "", node.name, str(state))
+    metrics.set_paused(node.namespace or "", node.name, str(pause.reason) if pause else None)
     outcome.status["restartRequired"] = bool(on and result.restart_required)
     outcome.status["console"] = vmconsole.console_status(
         host.spec.address, creds, live.vnc_port, live.serial_pty if on else None, host.name

@@ -17,6 +17,7 @@ import posixpath
 from datetime import UTC, datetime
 from typing import Any
 
+from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
 from kvmfleet.domain.authorization import HostGrant, storage_refusal
 from kvmfleet.domain.conditions import parse_rfc3339
@@ -112,16 +113,20 @@ async def _remove(ctx: Context, node: Resource, left: list[str]) -> Outcome:
     if state in (PowerState.ON, PowerState.PAUSED):
         shutdown_at = parse_rfc3339(deletion.get("shutdownAt"))
         if grace > 0 and shutdown_at is None:
-            await ctx.blocking(guests.shutdown, node.name)
+            with metrics.operation("shutdown"):
+                await ctx.blocking(guests.shutdown, node.name)
             deletion["shutdownAt"] = cond.rfc3339(now)
             outcome.note("ShuttingDown", f"ACPI shutdown sent; hard stop after {grace} s")
             return _again(outcome, deletion, 2.0, "waiting for the guest to shut down")
         if shutdown_at is not None and (now - shutdown_at).total_seconds() < grace:
             return _again(outcome, deletion, 2.0, "waiting for the guest to shut down")
-        await ctx.blocking(guests.destroy, node.name)
+        with metrics.operation("destroy"):
+            await ctx.blocking(guests.destroy, node.name)
         if grace > 0:
             outcome.warn("ForcedOff", f"the guest did not shut down within {grace} s")
-    if await ctx.blocking(guests.undefine, node.name):
+    with metrics.operation("undefine"):
+        undefined = await ctx.blocking(guests.undefine, node.name)
+    if undefined:
         outcome.note("Undefined", f"domain {node.name} removed from {host.name} (rmvm)")
     left.remove(f"domain {node.name}")
     blocked = await _disks(ctx, node, host, outcome, left)
