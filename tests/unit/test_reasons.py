@@ -93,12 +93,14 @@ DYNAMIC: dict[str, Callable[[], set[str]] | None] = {
     "f'Host{rejected.code}'": lambda: {f"Host{r}" for r in HostRejection},
     "DISK_IN_USE_ELSEWHERE": lambda: {_disk_reasons()["DISK_IN_USE_ELSEWHERE"]},
     "DELETION_BLOCKED": lambda: {"DeletionBlocked"},
+    "START_FAILED": lambda: {"StartFailed"},
     "disks.problems[0].reason": lambda: {*_disk_reasons().values(), "DiskProblem"},
     "verdict.reason": lambda: set(_disk_reasons().values()),
 }
 DYNAMIC_EVENTS: dict[str, Callable[[], set[str]] | None] = {
     "DISK_IN_USE_ELSEWHERE": lambda: {_disk_reasons()["DISK_IN_USE_ELSEWHERE"]},
     "DELETION_BLOCKED": lambda: {"DeletionBlocked"},
+    "START_FAILED": lambda: {"StartFailed"},
     "NOT_ALLOWED": lambda: {_authorization_reason()},
     "error.reason": None,  # a PermanentError's reason: in the table
     "new.type": _host_condition_events,
