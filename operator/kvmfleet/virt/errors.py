@@ -19,7 +19,8 @@ OPERATION_FAILED...)                   (TemporaryError)
 =====================================  =======================  =========================
 
 A domain start that libvirt answered with a failure (QEMU did not start: ``/dev/kvm`` not
-openable, an emulator argument refused, a disk it cannot open) is not an unavailable host:
+openable, an emulator argument refused, a disk it cannot open, KVM not available) is not
+an unavailable host:
 :func:`classify_start` makes it a :class:`StartFailedError` (reason ``StartFailed``) unless
 the failure is the connection's own (RPC, keepalive, SSH transport).
 
@@ -222,14 +223,21 @@ def classify(error: Any, context: str = "", detail: str = "") -> KvmfleetError:
 
 def classify_start(error: Any, context: str = "") -> KvmfleetError:
     """:func:`classify` for a failed domain start: a failure libvirt reports about the
-    domain itself (not about the connection) is a :class:`StartFailedError`."""
+    domain itself (not about the connection) is a :class:`StartFailedError`.
+
+    That includes a refusal at start time ("Domain requires KVM, but it is not
+    available"): the definition was accepted, so what is missing is on the host, and
+    the retry finds out when it is back. "Already running" (OPERATION_INVALID), a
+    refused host key or SSH key keep their own classes.
+    """
     result = classify(error, context)
     code = getattr(result, "code", None)
     domain = getattr(result, "domain", None)
     of_connection = domain in CONNECTION_ERROR_DOMAINS or (
         code in UNAVAILABLE_CODES and code != libvirt.VIR_ERR_SYSTEM_ERROR
     )
-    if type(result) not in (LibvirtTemporaryError, LibvirtUnavailableError) or of_connection:
+    started_types = (LibvirtTemporaryError, LibvirtUnavailableError, LibvirtPermanentError)
+    if type(result) not in started_types or of_connection:
         return result
     assert isinstance(result, LibvirtErrorDetails)
     started = StartFailedError(result.message, delay=UNAVAILABLE_DELAY)

@@ -252,7 +252,13 @@ def test_other_exceptions_pass_through() -> None:
         (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC, "Cannot recv data", None),
         (libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_FROM_QEMU, "cannot acquire job", None),
         # Refusals and "already running" keep their classes.
-        (libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_FROM_QEMU, "unsupported", None),
+        (
+            libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+            libvirt.VIR_FROM_QEMU,
+            "unsupported configuration: Domain requires KVM, but it is not available",
+            StartFailedError,
+        ),
+        (libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_FROM_SSH, "authentication failed", None),
         (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_FROM_QEMU, "already active", None),
     ],
 )
