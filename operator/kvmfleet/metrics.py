@@ -25,6 +25,7 @@ counters, `_seconds` for durations, `_bytes` for sizes). Exported on :8080/metri
 | kvmfleet_operations_in_flight | gauge | where | blocking calls in flight (queued or running) per host, `kubernetes`, or `` |
 | kvmfleet_operation_oldest_age_seconds | gauge | where | age of the oldest of them |
 | kvmfleet_leader | gauge | | 1 while this process holds the leader Lease (or runs without election) |
+| kvmfleet_terminating_seconds | gauge | kind, namespace, name | seconds since an object's deletionTimestamp while its finalizer is still there |
 
 `target` is the host's SSH address:port; `where` is a KvmHost name.
 """
@@ -32,6 +33,7 @@ counters, `_seconds` for durations, `_bytes` for sizes). Exported on :8080/metri
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -164,6 +166,13 @@ LEADER = Gauge(
     registry=REGISTRY,
 )
 
+TERMINATING = Gauge(
+    "kvmfleet_terminating_seconds",
+    "Seconds since the object's deletionTimestamp, while kvmfleet's finalizer holds it.",
+    ["kind", "namespace", "name"],
+    registry=REGISTRY,
+)
+
 POWER_STATES = ("On", "Off", "Paused", "Crashed", "Unknown")
 
 
@@ -187,8 +196,18 @@ def set_ready(kind: str, namespace: str, name: str, ready: bool) -> None:
     RESOURCE_READY.labels(kind, namespace, name).set(1 if ready else 0)
 
 
+def set_terminating(kind: str, namespace: str, name: str, since: float | None) -> None:
+    """Record since when (epoch seconds) an object is being deleted; None: it is gone."""
+    if since is None:
+        with contextlib.suppress(KeyError):
+            TERMINATING.remove(kind, namespace, name)
+        return
+    TERMINATING.labels(kind, namespace, name).set_function(lambda: max(0.0, time.time() - since))
+
+
 def forget(kind: str, namespace: str, name: str) -> None:
     """Drop the series of a deleted object."""
+    set_terminating(kind, namespace, name, None)
     with contextlib.suppress(KeyError):
         RESOURCE_READY.remove(kind, namespace, name)
     if kind == "VirtualNode":

@@ -71,6 +71,7 @@ ALERTS = {
     "KvmfleetReconcileErrors",
     "KvmfleetHostOvercommitted",
     "KvmfleetSlowHostProbe",
+    "KvmfleetStuckTerminating",
 }
 DASHBOARD_PANELS = {
     "Hosts up",
@@ -996,6 +997,7 @@ def test_alerts_follow_the_conventions(helm: str) -> None:
     assert 'result=~"temporary|permanent"' in exprs["KvmfleetReconcileErrors"]
     assert "histogram_quantile" in exprs["KvmfleetSlowHostProbe"]
     assert '"allocatable"' in exprs["KvmfleetHostOvercommitted"]
+    assert "kvmfleet_terminating_seconds" in exprs["KvmfleetStuckTerminating"]
 
 
 def _dashboard() -> dict[str, Any]:

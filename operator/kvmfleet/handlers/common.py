@@ -39,8 +39,14 @@ async def run(
     patch: kopf.Patch,
     logger: kopf.Logger,
     usecase: Callable[[], Awaitable[Outcome]],
+    *,
+    removing: bool = False,
 ) -> None:
-    """Run one use-case and apply what it produced; requeue through kopf.TemporaryError."""
+    """Run one use-case and apply what it produced; requeue through kopf.TemporaryError.
+
+    ``removing``: the use-case removes the object (its finalizer goes when it succeeds);
+    while it does not, kvmfleet_terminating_seconds says for how long it has been held.
+    """
     started = time.monotonic()
     ctx = _context(body)
     key = f"{kind}/{body.metadata.namespace or ''}/{body.metadata.name}"
@@ -61,6 +67,8 @@ async def run(
         metrics.RECONCILE_DURATION.labels(kind).observe(time.monotonic() - started)
     if ctx is not None and result == "success" and body.metadata.get("deletionTimestamp"):
         ctx.activity.forget(key)  # removed: the finalizer goes with this patch
+    if removing:
+        _terminating(kind, body, removed=result == "success" and outcome.requeue_after is None)
     if outcome.conditions or outcome.status or outcome.events or result != "success":
         metrics.RECONCILE_TOTAL.labels(kind, result).inc()  # not the timer ticks that did nothing
     apply(kind, body, patch, outcome, logger)
@@ -68,6 +76,15 @@ async def run(
         raise kopf.TemporaryError(
             outcome.retry_message or "still reconciling", delay=outcome.requeue_after
         )
+
+
+def _terminating(kind: str, body: kopf.Body, *, removed: bool) -> None:
+    """kvmfleet_terminating_seconds of an object being deleted (dropped once it is removed)."""
+    since = cond.parse_rfc3339(body.metadata.get("deletionTimestamp"))
+    if since is None:
+        return
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    metrics.set_terminating(kind, namespace, name, None if removed else since.timestamp())
 
 
 _CONTEXT: list[Context] = []

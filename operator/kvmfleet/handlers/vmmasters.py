@@ -35,4 +35,6 @@ async def remove(
     """Delete the master image once no VirtualNode depends on it."""
     ctx: Context = memo["ctx"]
     resource = Resource.from_body(body)
-    await common.run(KIND, body, patch, logger, lambda: vmmasters.remove(ctx, resource))
+    await common.run(
+        KIND, body, patch, logger, lambda: vmmasters.remove(ctx, resource), removing=True
+    )
