@@ -211,6 +211,7 @@ class OperatorProcess:
                     return
             except OSError:
                 time.sleep(0.3)
+        self.stop(kill=True)  # never leave it running: it would hold the leader Lease
         raise AssertionError(f"operator not healthy in 60s: {self.log_path.read_text()[-3000:]}")
 
     def stop(self, kill: bool = False) -> None:
