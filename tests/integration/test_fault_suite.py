@@ -122,6 +122,31 @@ def report(fault: str, phase: str, outcome: str, recovery: float | None) -> None
 
 
 @pytest.fixture(scope="module")
+def operator(cluster: Kubectl) -> Iterator[OperatorProcess]:
+    """The suite's own operator, with the session operator's settings (conftest.py) but
+    for two bounds that load, not the faults, broke on the shared 2-core machine: its
+    start is given 240 s rather than 60 (importing kopf, kubernetes and libvirt alone took
+    30-60 s of wall time at a load average of 30-50), and SSH commands 60 s rather than
+    20 (the host probe's `stat` and `grep` took over 20 s there, so no host got Ready).
+    """
+    proc = OperatorProcess(
+        cluster.kubeconfig,
+        REPO_RUN / "logs" / "operator-faults.log",
+        extra_env={
+            "KVMFLEET_HOST_PROBE_INTERVAL": "3",
+            "KVMFLEET_VM_SYNC_INTERVAL": "3",
+            "KVMFLEET_DELETE_HOST_UNREACHABLE_TIMEOUT": "20",
+            "KVMFLEET_SSH_COMMAND_TIMEOUT": "60",
+        },
+    )
+    proc.log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc.log_path.write_text("")
+    proc.start(ready_timeout=240)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
 def hosts(cluster: Kubectl, operator: OperatorProcess, testbed: dict[str, Any]) -> list[str]:
     names = [h["name"] for h in testbed["hosts"]][:2]
     assert len(names) == 2, "the fault suite needs two testbed hosts"

@@ -179,7 +179,7 @@ class OperatorProcess:
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, ready_timeout: float = 60) -> None:
         env = dict(os.environ, KUBECONFIG=self.kubeconfig, **self.extra_env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -200,7 +200,7 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
             env=env,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"operator exited: {self.log_path.read_text()[-3000:]}")
@@ -212,7 +212,9 @@ class OperatorProcess:
             except OSError:
                 time.sleep(0.3)
         self.stop(kill=True)  # never leave it running: it would hold the leader Lease
-        raise AssertionError(f"operator not healthy in 60s: {self.log_path.read_text()[-3000:]}")
+        raise AssertionError(
+            f"operator not healthy in {ready_timeout:g}s: {self.log_path.read_text()[-3000:]}"
+        )
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:
