@@ -400,7 +400,7 @@ class LibvirtConnection:
 
         A call may still run on it in another thread (one that hung on a SIGSTOPped
         libvirtd returns when the daemon resumes): closing the libvirt connection under
-        it makes libvirt's client read freed memory (a segfault of the whole operator).
+        a call in flight is not safe in libvirt's client.
         The real close, and the removal of the private directory, happen when the last
         user drops this object.
         """
