@@ -1,5 +1,6 @@
 """`kubectl kvm`: consoles, power, migration, lsvm, capture and clone of VirtualNodes (xCAT
-rcons, getrvidparms, rpower, rmigrate, lsvm, clonevm) from the command line.
+rcons, getrvidparms, rpower, rmigrate, lsvm, clonevm) from the command line, and
+``force-remove`` for a VirtualNode stuck in Terminating.
 
 Installed as the ``kubectl-kvm`` console script, so kubectl finds it as the ``kvm`` plugin.
 kubectl hands its arguments over unchanged: ``--kubeconfig``, ``--context`` and
@@ -25,7 +26,7 @@ from typing import TextIO
 from kvmfleet import __version__
 from kvmfleet.errors import KvmfleetError, NotFoundError
 from kvmfleet.kube.objects import KubeObjects
-from kvmfleet.reconcile import cloning
+from kvmfleet.reconcile import cloning, forceremove
 from kvmfleet.reconcile.consoles import (
     Action,
     Fleet,
@@ -35,6 +36,7 @@ from kvmfleet.reconcile.consoles import (
     VncCredentials,
     WaitTimeoutError,
 )
+from kvmfleet.settings import Settings
 from kvmfleet.virt.console import BridgeEnd, ConsoleOutput
 
 EXIT_OK = 0
@@ -202,6 +204,25 @@ def parser() -> argparse.ArgumentParser:
     clone.add_argument("vm", metavar="VM")
     clone.add_argument("--detached", action="store_true", help="clonevm -d: full copies")
     clone.add_argument("--host", metavar="HOST", help="spec.hostRef (default: scheduled)")
+    force = sub.add_parser(
+        "force-remove",
+        parents=[common],
+        help="let a VirtualNode stuck in Terminating go (removes kvmfleet's finalizer)",
+        description="Print what will be left on which host (the libvirt domain, every disk "
+        "image and its owner record: nothing is deleted there), ask, then remove kvmfleet's "
+        "finalizer of a VirtualNode that is being deleted. Use it when the operator cannot "
+        "finish the removal (DeletionBlocked, a host gone for good); see docs/operations.md, "
+        "KvmfleetObjectStuckTerminating.",
+    )
+    force.add_argument("vm", metavar="VM")
+    force.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    force.add_argument(
+        "--mount-root",
+        default=Settings().mount_root,
+        metavar="DIR",
+        help="the operator's KVMFLEET_MOUNT_ROOT, where NFS pools are mounted "
+        "(default %(default)s)",
+    )
 
     sub.add_parser("version", parents=[common], help="print the version")
     return main
@@ -382,7 +403,36 @@ def _clone(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> 
     return EXIT_OK
 
 
+def _force_remove(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> int:
+    namespace = _namespace(args, fleet)
+    left = forceremove.leftovers(fleet.kube, namespace, args.vm, args.mount_root)
+    if not left.deleting:
+        err.write(
+            f"error: VirtualNode {namespace}/{args.vm} is not being deleted; delete it first "
+            f"(kubectl delete vn {args.vm} -n {namespace}) and let the operator try\n"
+        )
+        return EXIT_NOT_READY
+    if not left.ours:
+        out.write(f"{args.vm}: kvmfleet's finalizer is already gone\n")
+        return EXIT_OK
+    out.write(forceremove.describe(left))
+    if not args.yes:
+        stdin = sys.stdin
+        if not stdin.isatty():
+            err.write("error: not a terminal: confirm with --yes\n")
+            return EXIT_NOT_READY
+        out.write(f"Remove kvmfleet's finalizer of {namespace}/{args.vm}? [y/N] ")
+        out.flush()
+        if stdin.readline().strip().lower() not in ("y", "yes"):
+            out.write("nothing changed\n")
+            return EXIT_FAILED
+    forceremove.release(fleet.kube, left)
+    out.write(f"{args.vm}: finalizer removed; what is listed above stays on the host\n")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Fleet, TextIO, TextIO], int]] = {
+    "force-remove": _force_remove,
     "console": _console,
     "vnc": _vnc,
     "migrate": _migrate,

@@ -179,7 +179,7 @@ class OperatorProcess:
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, ready_timeout: float | None = None) -> None:
         env = dict(os.environ, KUBECONFIG=self.kubeconfig, **self.extra_env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -201,7 +201,7 @@ class OperatorProcess:
             env=env,
         )
         # KVMFLEET_OPERATOR_START_TIMEOUT: more than 60 s on a machine shared by many runs.
-        limit = float(os.environ.get("KVMFLEET_OPERATOR_START_TIMEOUT", "60"))
+        limit = ready_timeout or float(os.environ.get("KVMFLEET_OPERATOR_START_TIMEOUT", "60"))
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -215,7 +215,7 @@ class OperatorProcess:
                 time.sleep(0.3)
         self.stop(kill=True)  # never leave it running to fight the next one over the objects
         raise AssertionError(
-            f"operator not healthy in {limit:.0f}s: {self.log_path.read_text()[-3000:]}"
+            f"operator not healthy in {limit:g}s: {self.log_path.read_text()[-3000:]}"
         )
 
     def stop(self, kill: bool = False) -> None:

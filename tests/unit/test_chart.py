@@ -1002,6 +1002,7 @@ def test_alerts_follow_the_conventions(helm: str) -> None:
     assert 'result=~"temporary|permanent"' in exprs["KvmfleetReconcileErrors"]
     assert "histogram_quantile" in exprs["KvmfleetSlowHostProbe"]
     assert '"allocatable"' in exprs["KvmfleetHostOvercommitted"]
+    assert "kvmfleet_object_terminating_seconds" in exprs["KvmfleetObjectStuckTerminating"]
 
 
 def _dashboard() -> dict[str, Any]:

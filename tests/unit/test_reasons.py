@@ -108,6 +108,7 @@ DYNAMIC: dict[str, Callable[[], set[str]] | None] = {
     "f'Host{rejected.code}'": lambda: {f"Host{r}" for r in HostRejection},
     "DISK_IN_USE_ELSEWHERE": lambda: {_disk_reasons()["DISK_IN_USE_ELSEWHERE"]},
     "DELETION_BLOCKED": lambda: {"DeletionBlocked"},
+    "START_FAILED": lambda: {"StartFailed"},
     "disks.problems[0].reason": lambda: {*_disk_reasons().values(), "DiskProblem"},
     "verdict.reason": lambda: set(_disk_reasons().values()),
     **{name: (lambda n=name: {getattr(vmmaster, n)}) for name in VMMASTER_REASONS},
@@ -115,6 +116,7 @@ DYNAMIC: dict[str, Callable[[], set[str]] | None] = {
 DYNAMIC_EVENTS: dict[str, Callable[[], set[str]] | None] = {
     "DISK_IN_USE_ELSEWHERE": lambda: {_disk_reasons()["DISK_IN_USE_ELSEWHERE"]},
     "DELETION_BLOCKED": lambda: {"DeletionBlocked"},
+    "START_FAILED": lambda: {"StartFailed"},
     "NOT_ALLOWED": lambda: {_authorization_reason()},
     "error.reason": None,  # a PermanentError's reason: in the table
     **{name: (lambda n=name: {getattr(vmmaster, n)}) for name in VMMASTER_REASONS},

@@ -76,6 +76,7 @@ _TABLE: dict[str, Progress] = {
     "Starting": _RETRY,  # VirtualNode: powering on / a transition in progress
     "NotRunning": _RETRY,  # VirtualNode Running=False (Ready follows runStrategy)
     "HostUnavailable": _RETRY,  # the VM's host does not answer: nothing is changed
+    "StartFailed": _RETRY,  # QEMU did not start (libvirt's message); retried with a backoff
     "HostUnreachable": _RETRY,
     "CommandTimeout": _RETRY,
     "CommandFailed": _RETRY,

@@ -166,7 +166,11 @@ class KubeObjects:
         """Merge ``spec`` into a VirtualNode's spec (a JSON merge patch)."""
         return self._patch(namespace, name, {"spec": dict(spec)}, "patching the spec of")
 
-    def _patch(self, namespace: str, name: str, body: dict[str, Any], verb: str) -> dict[str, Any]:
+    def _patch(
+        self, namespace: str, name: str, body: dict[str, Any] | list[dict[str, Any]], verb: str
+    ) -> dict[str, Any]:
+        # A list is a JSON patch (RFC 6902); a mapping a JSON merge patch (the default).
+        kind = {"_content_type": "application/json-patch+json"} if isinstance(body, list) else {}
         return dict(
             self._call(
                 f"{verb} VirtualNode {namespace}/{name}",
@@ -177,6 +181,7 @@ class KubeObjects:
                 VIRTUALNODES,
                 name,
                 body,
+                **kind,
             )
         )
 
@@ -212,6 +217,17 @@ class KubeObjects:
                 name,
             )
         )
+
+    def replace_finalizers(
+        self, namespace: str, name: str, expected: list[str], finalizers: list[str]
+    ) -> dict[str, Any]:
+        """Set a VirtualNode's finalizers, only if they are still ``expected`` (a JSON patch
+        whose ``test`` fails with 422 when they changed meanwhile)."""
+        body = [
+            {"op": "test", "path": "/metadata/finalizers", "value": expected},
+            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
+        ]
+        return self._patch(namespace, name, body, "removing the finalizer of")
 
     # -- KvmHosts --
 

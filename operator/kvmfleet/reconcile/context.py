@@ -29,6 +29,7 @@ from kvmfleet.domain.allocation import Resources
 from kvmfleet.errors import TemporaryError
 from kvmfleet.kube.api import KubeApi
 from kvmfleet.reconcile.liveness import ANY, KUBE, Activity, InFlight
+from kvmfleet.reconcile.startbackoff import StartFailures
 from kvmfleet.settings import Settings
 from kvmfleet.ssh.reachability import BannerChecks
 from kvmfleet.ssh.session import SshOptions, SshPool
@@ -79,6 +80,8 @@ class Context:
     host_executors: dict[str, ThreadPoolExecutor] = field(default_factory=dict, repr=False)
     stats_targets: dict[str, LibvirtTarget] = field(default_factory=dict, repr=False)
     """Per KvmHost: its libvirtd, read for per-VM statistics (see vmstats)."""
+    start_failures: dict[str, StartFailures] = field(default_factory=dict, repr=False)
+    """Per VirtualNode uid: its consecutive failed starts (see startbackoff)."""
 
     @classmethod
     def create(cls, settings: Settings) -> Context:

@@ -28,6 +28,7 @@ from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, Tempor
 from kvmfleet.reconcile import (
     failpoints,
     hostusage,
+    startbackoff,
     vmclones,
     vmconsole,
     vmdisks,
@@ -40,6 +41,7 @@ from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
 from kvmfleet.reconcile.vmplacement import Placement, UnschedulableError, ensure_placed
 from kvmfleet.settings import HOST_LABEL
+from kvmfleet.virt.errors import StartFailedError
 from kvmfleet.virt.guest import Guests, Pause, PowerState
 
 SCHEDULED = "Scheduled"
@@ -57,6 +59,7 @@ ACTION_ANNOTATIONS = {
     "consoleCredentials": "console-credentials",
 }
 RETRY = 15.0
+START_FAILED = "StartFailed"
 
 
 @dataclass
@@ -112,6 +115,7 @@ async def remove(ctx: Context, node: Resource) -> Outcome:
             left = any(e.reason == "LeftBehind" for e in outcome.events)
             await hostusage.publish(ctx, str(host), removed=None if left else node.name)
         ctx.last_sync.pop(node.uid, None)
+        ctx.start_failures.pop(node.uid, None)
         ctx.locks.pop(f"vn/{node.uid}", None)
         metrics.forget("VirtualNode", node.namespace or "", node.name)
     return outcome
@@ -350,8 +354,23 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
         await _observe(run, creds, None, result)
         outcome.requeue_after, outcome.retry_message = RETRY, conds[DISKS_READY].message
         return
-    for call in plan.calls:
-        await _power_call(ctx, guests, node.name, call)
+    if Call.START in plan.calls:
+        failures = ctx.start_failures.get(node.uid)
+        if failures is not None and startbackoff.waiting(failures, time.monotonic()) is not None:
+            await _start_failed(run, creds, result, failures)
+            return
+    try:
+        for call in plan.calls:
+            await _power_call(ctx, guests, node.name, call)
+    except StartFailedError as error:
+        failures = startbackoff.failed(
+            ctx.start_failures.get(node.uid), error.message, time.monotonic()
+        )
+        ctx.start_failures[node.uid] = failures
+        await _start_failed(run, creds, result, failures)
+        return
+    if Call.START in plan.calls:
+        ctx.start_failures.pop(node.uid, None)
     for kind, reason, message in plan.events:
         (outcome.note if kind == "Normal" else outcome.warn)(reason, message)
     for action in plan.acted:
@@ -422,6 +441,33 @@ async def _image_in_use_elsewhere(run: _Pass, locations: list[Any]) -> bool:
         run.outcome.warn(DISK_IN_USE_ELSEWHERE, message)
     run.conds[DISKS_READY] = Condition(DISKS_READY, Status.FALSE, DISK_IN_USE_ELSEWHERE, message)
     return True
+
+
+async def _start_failed(
+    run: _Pass,
+    creds: vmconsole.VncCredentials | None,
+    result: vmdomain.DefineResult,
+    failures: startbackoff.StartFailures,
+) -> None:
+    """QEMU did not start: the VM stays Stopped, Ready=False ``StartFailed`` with libvirt's
+    message, Reconciling (retried with a backoff), one Warning when it first happens."""
+    node, outcome, conds = run.node, run.outcome, run.conds
+    outcome.status["lastActions"] = dict(node.status.get("lastActions") or {})
+    outcome.status["powerTransition"] = node.status.get("powerTransition") or None
+    await _observe(run, creds, None, result)
+    if outcome.status.get("powerState") not in (str(PowerState.OFF), str(PowerState.CRASHED)):
+        return  # it runs after all (started behind our back): the observation stands
+    message = (
+        f"domain {node.name} did not start on {run.host.name} ({failures.count} "
+        f"failed start(s), next try in {failures.delay:g}s): {failures.message}"
+    )
+    conds[RUNNING] = Condition(RUNNING, Status.FALSE, START_FAILED, failures.message)
+    outcome.status["phase"] = "Stopped"
+    if _previous(node, cond.READY).get("reason") != START_FAILED:
+        outcome.warn(START_FAILED, message)
+    _summarise(outcome, conds, ready=False, reason=START_FAILED, message=message)
+    wait = startbackoff.waiting(failures, time.monotonic())
+    outcome.requeue_after, outcome.retry_message = wait or failures.delay, message
 
 
 async def _power_call(ctx: Context, guests: Guests, name: str, call: Call) -> None:
