@@ -18,6 +18,9 @@ counters, `_seconds` for durations, `_bytes` for sizes). Exported on :8080/metri
 | kvmfleet_vm_power_state | gauge | namespace, name, state | 1 for the VM's observed power state |
 | kvmfleet_vm_operations_total | counter | operation, result | create, start, stop, reboot, reset, delete, migrate... |
 | kvmfleet_vm_operation_duration_seconds | histogram | operation | duration of such operations |
+| kvmfleet_migrations_total | counter | kind, result | moves of a VM to another host: kind Live or Offline; result succeeded, failed, aborted (deadline), refused (pre-flight), recovered (after an interruption) |
+| kvmfleet_migration_duration_seconds | histogram | kind | duration of a successful move |
+| kvmfleet_migration_data_remaining_bytes | gauge | namespace, name | memory left to copy of a running live migration (0 when none runs) |
 | kvmfleet_ssh_commands_total | counter | host, result | remote commands run over SSH |
 | kvmfleet_ssh_commands_waiting | gauge | target | commands queued for a free SSH channel (the backlog) |
 | kvmfleet_ssh_channels_in_use | gauge | target | SSH channels (commands) open to the host |
@@ -121,6 +124,25 @@ VM_OPERATION_DURATION = Histogram(
     buckets=_DURATION_BUCKETS,
     registry=REGISTRY,
 )
+MIGRATIONS = Counter(
+    "kvmfleet_migrations_total",
+    "Moves of a VM to another host, by kind (Live, Offline) and result.",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
+MIGRATION_DURATION = Histogram(
+    "kvmfleet_migration_duration_seconds",
+    "Duration of a successful move of a VM to another host.",
+    ["kind"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
+)
+MIGRATION_DATA_REMAINING = Gauge(
+    "kvmfleet_migration_data_remaining_bytes",
+    "Memory left to copy of a running live migration (0 when none runs).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
 SSH_COMMANDS = Counter(
     "kvmfleet_ssh_commands_total",
     "Remote commands run over SSH.",
@@ -195,6 +217,8 @@ def forget(kind: str, namespace: str, name: str) -> None:
         for state in POWER_STATES:
             with contextlib.suppress(KeyError):
                 VM_POWER_STATE.remove(namespace, name, state)
+        with contextlib.suppress(KeyError):
+            MIGRATION_DATA_REMAINING.remove(namespace, name)
 
 
 def set_power_state(namespace: str, name: str, state: str) -> None:
