@@ -60,7 +60,7 @@ POOL_URL = f"dir://{IMAGE_DIR}"
 VN, KH = "virtualnodes.kvmfleet.io", "kvmhosts.kvmfleet.io"
 SAMPLE_LABEL = "bench.kvmfleet.io/sample"
 RUN_LABEL = "bench.kvmfleet.io/run"
-TESTBED_NET = ipaddress.ip_network("10.77.0.0/24")
+TESTBED_NET = ipaddress.ip_network("10.77.0.0/16")  # every testbed instance: 10.77.N.0/24
 SCENARIOS = ("kvmfleet", "kvmfleet-sched", "manual-serial", "manual-parallel", "virt-install")
 TITLES = {
     "kvmfleet": "kvmfleet (hostRef)",

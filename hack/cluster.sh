@@ -12,6 +12,9 @@
 #   KVMFLEET_CACHE   ~/.cache/kvmfleet         built binaries, keyed by version (survives `down`)
 #   KVMFLEET_RUN_DIR <repo>/.run               certificates, etcd data, logs, pids, kubeconfig
 #   KVMFLEET_API_PORT 16443                    the API server's secure port on 127.0.0.1
+#   KVMFLEET_INSTANCE 0                        0-9: instance N shifts every default port by N
+#                                              (API 16443+N, etcd 23790+100N, peer 23800+100N,
+#                                              KCM 10357+N) so control planes can run side by side
 set -euo pipefail
 
 K8S_VERSION=1.20.2
@@ -22,10 +25,12 @@ BUILD_REV=2
 BIN_DIR="${CACHE}/kubernetes-${K8S_VERSION}-r${BUILD_REV}/bin"
 RUN_DIR="${KVMFLEET_RUN_DIR:-${REPO}/.run}"
 STATE="${RUN_DIR}/cluster"
-API_PORT="${KVMFLEET_API_PORT:-16443}"
-ETCD_PORT="${KVMFLEET_ETCD_PORT:-23790}"
-ETCD_PEER_PORT="${KVMFLEET_ETCD_PEER_PORT:-23800}"
-KCM_PORT="${KVMFLEET_KCM_PORT:-10357}"
+INSTANCE="${KVMFLEET_INSTANCE:-0}"
+[[ "${INSTANCE}" =~ ^[0-9]$ ]] || { printf '[cluster] ERROR: KVMFLEET_INSTANCE must be 0-9\n' >&2; exit 1; }
+API_PORT="${KVMFLEET_API_PORT:-$((16443 + INSTANCE))}"
+ETCD_PORT="${KVMFLEET_ETCD_PORT:-$((23790 + 100 * INSTANCE))}"
+ETCD_PEER_PORT="${KVMFLEET_ETCD_PEER_PORT:-$((23800 + 100 * INSTANCE))}"
+KCM_PORT="${KVMFLEET_KCM_PORT:-$((10357 + INSTANCE))}"
 KUBECONFIG_FILE="${STATE}/kubeconfig"
 
 # shellcheck source=hack/lib/deps.sh

@@ -53,9 +53,10 @@ check_run_dir() {
     esac
 }
 
-# take_over : only one testbed can run per machine (fixed bridge and addresses). A
-# testbed started from another run directory (an older clone, a previous CI run) is
-# stopped, and processes orphaned by a dead holder are swept.
+# take_over : only one testbed per instance (KVMFLEET_INSTANCE: bridge, addresses) can
+# run on a machine. A testbed of the same instance started from another run directory
+# (an older clone, a previous CI run) is stopped, and processes orphaned by a dead
+# holder are swept.
 take_over() {
     local pid tag
     while read -r pid tag; do
@@ -135,7 +136,7 @@ doc = {
             "url": "nfs://%s%s" % (mn, export)},
     "pxe": {"httpUrl": http, "bootScript": http + "/boot.ipxe",
             "kernelUrl": http + "/vmlinuz", "initrdUrl": http + "/initrd.gz",
-            "dhcpRange": ["10.77.0.100", "10.77.0.199"],
+            "dhcpRange": [mn.rsplit(".", 1)[0] + ".100", mn.rsplit(".", 1)[0] + ".199"],
             "dhcpHostsDir": os.path.join(mn_dir, "dhcp-hosts.d"),
             "leasesFile": os.path.join(mn_dir, "dnsmasq.leases")},
     "mgmtBridge": bridge,
@@ -283,7 +284,7 @@ cmd_down() {
         warn "a testbed of another run directory is running: its links and ${TB_BRIDGE} are left alone"
     else
         local link
-        for link in /sys/class/net/kvmf-kvmhost* "/sys/class/net/${TB_MN_VETH}"; do
+        for link in "/sys/class/net/${TB_LINK_PREFIX}-kvmhost"* "/sys/class/net/${TB_MN_VETH}"; do
             [[ -e "${link}" ]] || continue
             ip link del "${link##*/}" 2>/dev/null || true
         done

@@ -99,6 +99,12 @@ host_mounts() {
     in_ns "${holder}" mount --bind "${dir}/etc-libvirt" /etc/libvirt
     in_ns "${holder}" mount --bind "${dir}/etc-ssh" /etc/ssh
     bind_etc "${holder}" "$(host_name "${i}")"
+    # The host's local disk directory (the `dir:///var/lib/kvmfleet/images` pool): its
+    # own, under the run directory, as on separate machines. Not shared with other
+    # hosts or other testbeds; removed with the host by `down`.
+    install -d -m 0755 "${dir}/images"
+    mkdir -p /var/lib/kvmfleet/images
+    in_ns "${holder}" mount --bind "${dir}/images" /var/lib/kvmfleet/images
     if [[ "${kvm}" == yes ]]; then
         host_kvm_device "${holder}"
     elif [[ -e /dev/kvm ]]; then

@@ -3,21 +3,30 @@
 # process bookkeeping. Sourced by hack/testbed.sh; never executed on its own.
 
 # ---------------------------------------------------------------- constants
-readonly TB_BRIDGE=kvmf-mgmt
-readonly TB_NET=10.77.0
-readonly TB_GATEWAY=10.77.0.1
-readonly TB_MN=kvmf-mn
-readonly TB_MN_ADDR=10.77.0.2
+# KVMFLEET_INSTANCE (0-9, default 0) lets several testbeds run side by side on one
+# machine: instance N uses the network 10.77.N.0/24 and its own link names, MACs and
+# holder tags (instance 0 keeps the plain names). Give each its own KVMFLEET_RUN_DIR.
+TB_INSTANCE="${KVMFLEET_INSTANCE:-0}"
+[[ "${TB_INSTANCE}" =~ ^[0-9]$ ]] || { printf 'error: KVMFLEET_INSTANCE must be 0-9, not %q\n' "${TB_INSTANCE}" >&2; exit 1; }
+readonly TB_INSTANCE
+if (( TB_INSTANCE == 0 )); then TB_LINK_PREFIX=kvmf; else TB_LINK_PREFIX="kvmf${TB_INSTANCE}"; fi
+readonly TB_LINK_PREFIX
+readonly TB_BRIDGE="${TB_LINK_PREFIX}-mgmt"
+readonly TB_NET="10.77.${TB_INSTANCE}"
+readonly TB_GATEWAY="${TB_NET}.1"
+readonly TB_MN=kvmf-mn               # the management namespace's name for `exec` and status
+readonly TB_MN_ADDR="${TB_NET}.2"
 readonly TB_HOST_OFFSET=10           # kvmhostN has 10.77.0.(10+N)
 readonly TB_MAX_HOSTS=50
 readonly TB_HTTP_PORT=8088
 readonly TB_NFS_EXPORT=/srv/vms      # export path (NFSv3 mount path and NFSv4 pseudo path)
-readonly TB_DHCP_FIRST=10.77.0.100
-readonly TB_DHCP_LAST=10.77.0.199
+readonly TB_DHCP_FIRST="${TB_NET}.100"
+readonly TB_DHCP_LAST="${TB_NET}.199"
 readonly TB_SSH_PORT=22
 readonly TB_SSH_USER=root
 readonly TB_DAEMON_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-readonly TB_HOLDER_PREFIX=kvmfleet-testbed-holder
+readonly TB_HOLDER_BASE=kvmfleet-testbed-holder         # holders of every instance start so
+readonly TB_HOLDER_PREFIX="${TB_HOLDER_BASE}${TB_INSTANCE#0}"
 
 # Paths. TB_REPO comes from the location of hack/testbed.sh, so any clone works.
 : "${TB_REPO:?TB_REPO must be set by hack/testbed.sh}"
@@ -68,7 +77,7 @@ wait_until() {
 }
 
 # tcp_open ADDR PORT : true if something accepts a TCP connection (1 s timeout).
-# Only ever called with testbed addresses (10.77.0.0/24).
+# Only ever called with testbed addresses (10.77.N.0/24).
 tcp_open() {
     # shellcheck disable=SC2016  # $0 and $1 belong to the inner bash
     timeout 1 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
@@ -109,11 +118,11 @@ write_in_place() {
 
 host_name() { printf 'kvmhost%s' "$1"; }
 host_addr() { printf '%s.%s' "${TB_NET}" "$(( TB_HOST_OFFSET + $1 ))"; }
-host_veth() { printf 'kvmf-kvmhost%s' "$1"; }            # root-side end on kvmf-mgmt
-host_mac()  { printf '02:77:00:00:00:%02x' "$(( TB_HOST_OFFSET + $1 ))"; }
-readonly TB_MN_VETH=kvmf-mn
-readonly TB_MN_MAC=02:77:00:00:00:02
-readonly TB_BRIDGE_MAC=02:77:00:00:00:01
+host_veth() { printf '%s-kvmhost%s' "${TB_LINK_PREFIX}" "$1"; }   # root-side end on the bridge
+host_mac()  { printf '02:77:%02x:00:00:%02x' "${TB_INSTANCE}" "$(( TB_HOST_OFFSET + $1 ))"; }
+readonly TB_MN_VETH="${TB_LINK_PREFIX}-mn"
+readonly TB_MN_MAC="02:77:0${TB_INSTANCE}:00:00:02"
+readonly TB_BRIDGE_MAC="02:77:0${TB_INSTANCE}:00:00:01"
 
 # host_index NAME : kvmhost3 -> 3 (fails for anything else)
 host_index() {
@@ -297,14 +306,18 @@ stop_namespace() {
 # mount namespace has the testbed's /run/kvmfleet/setup.done marker, and no live
 # holder shares their network namespace).
 sweep_orphans() {
-    local p pid self_net net live=' ' a0 sig found
+    local p pid self_net net live a0 sig found
     self_net="$(netns_of "$$")"
-    for p in /proc/[0-9]*; do
-        pid="${p#/proc/}"
-        a0="$(argv0 "${pid}" 2>/dev/null)" || continue
-        [[ "${a0}" == "${TB_HOLDER_PREFIX}:"* ]] && live+="$(netns_of "${pid}") "
-    done
     for sig in TERM KILL; do
+        # Namespaces of any instance's live holder are not orphans (read again before
+        # each pass: another instance may have started a testbed meanwhile).
+        live=' '
+        for p in /proc/[0-9]*; do
+            pid="${p#/proc/}"
+            a0="$(argv0 "${pid}" 2>/dev/null)" || continue
+            [[ "${a0}" == "${TB_HOLDER_BASE}"[0-9]":"* || "${a0}" == "${TB_HOLDER_BASE}:"* ]] \
+                && live+="$(netns_of "${pid}") "
+        done
         found=0
         for p in /proc/[0-9]*; do
             pid="${p#/proc/}"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from support.testbed import HOSTS_JSON, RUN_DIR, run_testbed
+from support.testbed import BRIDGE, HOSTS_JSON, NET, RUN_DIR, run_testbed
 
 # A fresh machine installs libvirt, QEMU and nfs-ganesha first: allow for it.
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(1800)]
@@ -131,7 +131,7 @@ def test_hosts_json_describes_every_host(testbed: dict[str, Any]) -> None:
     assert hosts, "no hosts in hosts.json"
     for i, host in enumerate(hosts, start=1):
         assert host["name"] == f"kvmhost{i}"
-        assert host["address"] == f"10.77.0.{10 + i}"
+        assert host["address"] == f"{NET}.{10 + i}"
         assert host["port"] == 22
         assert host["user"] == "root"
         assert host["virtualization"] in {"kvm", "emulated"}
@@ -139,16 +139,17 @@ def test_hosts_json_describes_every_host(testbed: dict[str, Any]) -> None:
         key = Path(host["privateKeyPath"])
         assert key.is_file() and (key.stat().st_mode & 0o077) == 0, "private key must be 0600"
     assert len({h["hostKey"] for h in hosts}) == len(hosts), "hosts share a host key"
-    assert testbed["nfs"]["server"] == "10.77.0.2"
+    assert testbed["nfs"]["server"] == f"{NET}.2"
     assert testbed["nfs"]["export"].startswith("/")
     assert Path(testbed["nfs"]["directory"]).is_dir()
-    assert testbed["pxe"]["httpUrl"] == "http://10.77.0.2:8088"
-    assert testbed["mgmtBridge"] == "kvmf-mgmt"
+    assert testbed["pxe"]["httpUrl"] == f"http://{NET}.2:8088"
+    assert testbed["pxe"]["dhcpRange"] == [f"{NET}.100", f"{NET}.199"]
+    assert testbed["mgmtBridge"] == BRIDGE
     addrs = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show", "dev", "kvmf-mgmt"],
+        ["ip", "-4", "-o", "addr", "show", "dev", BRIDGE],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert " 10.77.0.1/24 " in addrs
+    assert f" {NET}.1/24 " in addrs
 
 
 def test_status_reports_every_component_up(testbed: dict[str, Any]) -> None:
@@ -158,7 +159,7 @@ def test_status_reports_every_component_up(testbed: dict[str, Any]) -> None:
         for parts in (line.split() for line in result.stdout.splitlines())
         if len(parts) >= 2
     }
-    expected = ["kvmf-mgmt", "kvmf-mn", "kvmf-mn/rpcbind", "kvmf-mn/nfs-ganesha",
+    expected = [BRIDGE, "kvmf-mn", "kvmf-mn/rpcbind", "kvmf-mn/nfs-ganesha",
                 "kvmf-mn/dnsmasq", "kvmf-mn/http"]  # fmt: skip
     for host in testbed["hosts"]:
         expected += [
@@ -490,7 +491,7 @@ def test_exec_runs_commands_inside_a_hosts_namespaces(testbed: dict[str, Any]) -
     for host in testbed["hosts"]:
         assert run_testbed("exec", host["name"], "--", "hostname").stdout.strip() == host["name"]
     mn = run_testbed("exec", "kvmf-mn", "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0")
-    assert " 10.77.0.2/24 " in mn.stdout
+    assert f" {NET}.2/24 " in mn.stdout
 
 
 def _holder_pids() -> dict[str, str]:
@@ -550,7 +551,7 @@ def test_link_down_makes_a_host_unreachable_and_link_up_restores_it(
 def test_down_then_up_restores_the_same_hosts(testbed: dict[str, Any]) -> None:
     run_testbed("down", timeout=600)
     assert run_testbed("status", check=False).returncode == 3
-    assert not Path("/sys/class/net/kvmf-mgmt").exists()
+    assert not Path(f"/sys/class/net/{BRIDGE}").exists()
     kvm = [str(i) for i, h in enumerate(testbed["hosts"], 1) if h["virtualization"] == "kvm"]
     shape = ["--hosts", str(len(testbed["hosts"])), "--kvm-hosts", ",".join(kvm)]
     run_testbed("up", *shape, timeout=1500)

@@ -15,6 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("KVMFLEET_RUN_DIR", REPO / ".run"))
 TESTBED_SH = REPO / "hack" / "testbed.sh"
 HOSTS_JSON = RUN_DIR / "testbed" / "hosts.json"
+# KVMFLEET_INSTANCE (0-9) selects which side-by-side testbed hack/testbed.sh runs: its
+# network is 10.77.N.0/24 and its bridge kvmf-mgmt (N=0) or kvmfN-mgmt.
+INSTANCE = int(os.environ.get("KVMFLEET_INSTANCE", "0") or "0")
+NET = f"10.77.{INSTANCE}"
+BRIDGE = "kvmf-mgmt" if INSTANCE == 0 else f"kvmf{INSTANCE}-mgmt"
 
 
 def run_testbed(
