@@ -95,7 +95,8 @@ async def follow(  # noqa: PLR0917 - one exit per outcome of a move
         recovered = await _recover(ctx, node, previous, placement, outcome, conds)
         if recovered is not None:
             return recovered
-        previous = MigrationStatus.from_status(outcome.status.get("migration"))
+        # Interrupted before its end: tried again at once (no job failed).
+        previous = None
     hosts = await ctx.blocking(ctx.kube.list_cluster_objects, "kvmhosts")
     by_name = {h["metadata"]["name"]: h for h in hosts}
     source_obj = by_name.get(placement.host)
