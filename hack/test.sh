@@ -6,6 +6,10 @@
 #                             1.20.2 and the real hypervisor testbed (libvirtd/QEMU/sshd/NFS).
 #   hack/test.sh -k EXPR ...  extra arguments go to pytest.
 #
+# KVMFLEET_TEST_WORKERS (default 2) test processes run side by side (pytest-xdist, a
+# module at a time each); worker K > 0 gets its own control plane and testbed (instance
+# KVMFLEET_INSTANCE+K, run dir <run>/wK; see tests/conftest.py). 1 runs everything in one.
+#
 # It builds/starts what is missing (control plane: hack/cluster.sh, testbed: hack/testbed.sh)
 # and stops again what it started itself, unless KVMFLEET_KEEP=1.
 set -euo pipefail
@@ -69,4 +73,9 @@ bash hack/testbed.sh up ${KVMFLEET_TESTBED_UP_ARGS}
 
 phase "pytest"
 export KVMFLEET_KEEP_CLUSTER=1 KVMFLEET_KEEP_TESTBED=1
-"${VENV}/bin/python" -m pytest "$@"
+WORKERS="${KVMFLEET_TEST_WORKERS:-2}"
+if [ "${WORKERS}" -gt 1 ]; then
+    "${VENV}/bin/python" -m pytest -n "${WORKERS}" --dist loadfile "$@"
+else
+    "${VENV}/bin/python" -m pytest "$@"
+fi

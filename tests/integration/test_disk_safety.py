@@ -10,7 +10,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from kubernetes import client as kclient
 from kubernetes import config as kconfig
 
 from support.cluster import Kubectl, OperatorProcess
+from support.objects import condition, events, gone, is_, poke, vm
 from support.testbed import RUN_DIR, host_manifests, kvmhost, on_host
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
@@ -25,29 +25,6 @@ pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
 IMAGES = "/var/lib/kvmfleet/images"
 LOCAL = f"dir://{IMAGES}"
 VIRSH = ("virsh", "-c", "qemu:///system")
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
-def is_(type_: str, status: str, reason: str | None = None) -> Any:
-    def check(obj: dict[str, Any]) -> bool:
-        found = condition(obj, type_)
-        return found.get("status") == status and reason in (None, found.get("reason"))
-
-    return check
-
-
-def vm(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"cpus": 1, "memory": "256Mi", "nics": [{"bridge": "br0"}]}
-    body.update(spec)
-    return {
-        "apiVersion": "kvmfleet.io/v1alpha1",
-        "kind": "VirtualNode",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": body,
-    }
 
 
 def sha256(host: str, path: str) -> str:
@@ -61,26 +38,6 @@ def exists(host: str, path: str) -> bool:
 def domain_state(host: str, name: str) -> str:
     result = on_host(host, *VIRSH, "domstate", name, check=False)
     return result.stdout.strip() if result.returncode == 0 else "absent"
-
-
-def events(cluster: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = cluster.json(
-        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
-    )["items"]
-    return items
-
-
-def poke(cluster: Kubectl, namespace: str, name: str) -> None:
-    """An annotation change: one more reconciliation right away."""
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
-    cluster.run("annotate", "vn", name, "-n", namespace, "--overwrite", f"test/poke={stamp}")
-
-
-def gone(cluster: Kubectl, namespace: str, name: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while cluster.run("get", "vn", name, "-n", namespace, check=False).returncode == 0:
-        assert time.monotonic() < deadline, f"{namespace}/{name} was not deleted"
-        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -199,15 +156,15 @@ def test_removed_dir_pool_directory_is_not_recreated_and_no_disk_is_made(
             is_("DisksReady", "False", "StorageNotReady"), "vn", name, "-n", ns, timeout=60
         )
         assert scratch in condition(obj, "DisksReady")["message"]
-        time.sleep(10)  # several host probes and VM passes (every 3 s)
+        # The host's next probe (every 3 s) reports the pool, naming it.
+        kh = cluster.wait_for(is_("StorageReady", "False"), "kh", "kvmhost3", timeout=90)
+        assert scratch in condition(kh, "StorageReady")["message"]
+        time.sleep(10)  # several more host probes and VM passes (every 3 s)
         assert not exists("kvmhost3", scratch)
         found = on_host(
             "kvmhost3", "find", "/var/lib/kvmfleet", "-name", f"{name}.*", check=False
         ).stdout
         assert found.strip() == "", found
-        status = cluster.json("get", "kh", "kvmhost3")["status"]
-        pool = next(p for p in status["conditions"] if p["type"] == "StorageReady")
-        assert pool["status"] == "False" and scratch in pool["message"], pool
     finally:
         cluster.run("delete", "vn", name, "-n", ns, "--timeout=90s", check=False, timeout=120)
         cluster.apply(kvmhost(host, testbed))

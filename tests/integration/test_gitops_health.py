@@ -23,16 +23,13 @@ import yaml
 
 from support.cluster import Kubectl, OperatorProcess, free_port
 from support.gitops import CUSTOMIZATIONS, argocd_health, kstatus, strip_object
+from support.objects import condition
 from support.testbed import host_manifests, kvmhost
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
 
 CAPTURE = os.environ.get("KVMFLEET_CAPTURE_ARGOCD_FIXTURES") == "1"
 EXPECTED_KSTATUS = {"Healthy": "Current", "Progressing": "InProgress", "Degraded": "Failed"}
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
 
 
 def reason_is(type_: str, status: str, reason: str) -> Callable[[dict[str, Any]], bool]:

@@ -17,20 +17,10 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
+from support.objects import condition, is_
 from support.testbed import RUN_DIR, host_manifests, kvmhost, on_host, run_testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    for c in obj.get("status", {}).get("conditions", []):
-        if c["type"] == type_:
-            return dict(c)
-    return {}
-
-
-def is_(type_: str, status: str) -> Any:
-    return lambda obj: condition(obj, type_).get("status") == status
 
 
 def host_by_name(testbed: dict[str, Any], name: str) -> dict[str, Any]:
@@ -237,9 +227,20 @@ def test_storage_pools_direct_nfs_and_dir_are_ready(
             name, "virsh", "-c", "qemu:///system", "pool-list", "--all", "--name"
         ).stdout
         assert any(line.startswith("kvmfleet-") for line in listing.split())
-    # The Direct probe leaves nothing behind on the export.
-    leftovers = run_testbed("exec", "kvmf-mn", "--", "ls", "-a", "/srv/vms", check=False).stdout
-    assert ".kvmfleet-probe" not in leftovers
+
+    # The Direct probe leaves nothing behind on the export. A probe file seen now may
+    # belong to a probe in progress (every host probes every 60 s); a leak is one that
+    # is still there after the probe's own deadline. Each file is followed by name.
+    def probe_files() -> set[str]:
+        listing = run_testbed("exec", "kvmf-mn", "--", "ls", "-a", "/srv/vms", check=False)
+        return {f for f in listing.stdout.split() if f.startswith(".kvmfleet-probe")}
+
+    seen = probe_files()
+    deadline = time.monotonic() + 45
+    while seen and time.monotonic() < deadline:
+        time.sleep(1)
+        seen &= probe_files()  # a name that disappeared once was removed by its probe
+    assert not seen, f"probe files left on the export: {sorted(seen)}"
 
 
 def test_mount_nfs_and_missing_block_device_are_reported_clearly(

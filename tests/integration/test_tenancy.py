@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import time
 import uuid
@@ -30,6 +31,7 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
+from support.objects import condition, events, is_, vm
 from support.testbed import RUN_DIR, host_manifests, on_host
 from support.vnc import vnc_password_accepted
 
@@ -50,42 +52,12 @@ BOOT_CODE = bytes.fromhex(
 BOOT_SECTOR = BOOT_CODE.ljust(510, b"\0") + b"\x55\xaa"
 
 
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
-def is_(type_: str, status: str, reason: str | None = None) -> Any:
-    def check(obj: dict[str, Any]) -> bool:
-        found = condition(obj, type_)
-        return found.get("status") == status and (reason is None or found.get("reason") == reason)
-
-    return check
-
-
-def vm(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"cpus": 1, "memory": "256Mi", "nics": [{"bridge": "br0"}]}
-    body.update(spec)
-    return {
-        "apiVersion": "kvmfleet.io/v1alpha1",
-        "kind": "VirtualNode",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": body,
-    }
-
-
 def virsh(host: str, *args: str, check: bool = True) -> str:
     return on_host(host, *VIRSH, *args, check=check).stdout
 
 
 def domain_names(host: str) -> list[str]:
     return [n.strip() for n in virsh(host, "list", "--all", "--name").splitlines() if n.strip()]
-
-
-def events(cluster: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = cluster.json(
-        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
-    )["items"]
-    return items
 
 
 def patch_vn(cluster: Kubectl, namespace: str, name: str, spec: dict[str, Any]) -> None:
@@ -412,7 +384,15 @@ def test_vnc_password_rotated_while_off_is_the_one_qemu_accepts(
     )
     vnc = obj["status"]["console"]["vnc"]
     assert _secret_password(cluster, ns, name) == after
-    assert vnc_password_accepted(vnc["host"], vnc["port"], after)
+    # The port in status is this domain's own VNC server (not another VM's on the host).
+    display = virsh("kvmhost1", "vncdisplay", name).strip()
+    assert display and 5900 + int(display.rsplit(":", 1)[1]) == vnc["port"], (display, vnc)
+    accepted = vnc_password_accepted(vnc["host"], vnc["port"], after)
+    assert accepted, (
+        f"QEMU refused the Secret's password; domain state: "
+        f"{virsh('kvmhost1', 'domstate', '--reason', name).strip()}; "
+        f"graphics: {re.findall(r'<graphics[^>]*>', virsh('kvmhost1', 'dumpxml', name))}"
+    )
     assert not vnc_password_accepted(vnc["host"], vnc["port"], before)
     assert condition(obj, "ConsoleReady")["status"] == "True"
 

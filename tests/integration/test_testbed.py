@@ -389,7 +389,7 @@ def test_pxe_boot_of_a_diskless_vm_prints_the_guest_marker(
         assert len(ticks) >= 2, f"fewer than two KVMFLEET-TICK lines; console:\n{tail}"
         assert ticks == sorted(set(ticks)) and ticks[-1] > ticks[0]
         # The address came from the testbed's DHCP range.
-        ip = re.search(r"kvmfleet\.ip=(10\.77\.0\.(\d+))", text)
+        ip = re.search(rf"kvmfleet\.ip=({re.escape(NET)}\.(\d+))", text)
         assert ip and 100 <= int(ip.group(2)) <= 199, "no DHCP address on the kernel command line"
         print(f"\nPXE boot on {host['name']}: marker after {ready_at:.1f} s")
     finally:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
+from support.objects import condition, events, is_, vm
 from support.testbed import RUN_DIR, host_manifests, on_host, run_testbed
 from support.vnc import vnc_password_accepted
 
@@ -29,25 +30,6 @@ pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
 
 KUBECTL_KVM = str(Path(sys.executable).with_name("kubectl-kvm"))
 EXPORT_DIR = RUN_DIR / "testbed" / "nfs" / "vms"
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
-def is_(type_: str, status: str) -> Any:
-    return lambda obj: condition(obj, type_).get("status") == status
-
-
-def vm(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"cpus": 1, "memory": "256Mi", "nics": [{"bridge": "br0"}]}
-    body.update(spec)
-    return {
-        "apiVersion": "kvmfleet.io/v1alpha1",
-        "kind": "VirtualNode",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": body,
-    }
 
 
 def domains(host: str) -> list[str]:
@@ -104,13 +86,6 @@ def annotate(cluster: Kubectl, namespace: str, name: str, action: str) -> str:
         f"kvmfleet.io/{action}-requested-at={stamp}",
     )
     return stamp
-
-
-def events(cluster: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = cluster.json(
-        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
-    )["items"]
-    return items
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 1.0) -> None:
