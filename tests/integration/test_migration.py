@@ -177,11 +177,13 @@ def test_kvm1_moves_live_to_kvmhost2_without_a_restart(
 def test_preflight_refusals_leave_the_vm_where_it_is(
     cluster: Kubectl, hosts: list[str], ns: str
 ) -> None:
-    diskless, local = f"pf-{ns[-6:]}", f"pfdir-{ns[-6:]}"
+    diskless, local, hog = f"pf-{ns[-6:]}", f"pfdir-{ns[-6:]}", f"hog-{ns[-6:]}"
     cluster.apply(vm(diskless, ns, hostRef="kvmhost1"))
     cluster.apply(vm(local, ns, hostRef="kvmhost1",
                      disks=[{"name": "hda", "size": "1Gi", "storage": DIR_POOL}]))  # fmt: skip
-    for name in (diskless, local):
+    # 3 GiB allocated on kvmhost2 (defined, never started): room is counted from requests.
+    cluster.apply(vm(hog, ns, hostRef="kvmhost2", memory="3Gi", runStrategy="Halted"))
+    for name in (diskless, local, hog):
         cluster.wait_for(is_("Ready", "True"), "vn", name, "-n", ns, timeout=120)
 
     def refused(name: str, reason: str) -> dict[str, Any]:
@@ -200,9 +202,9 @@ def test_preflight_refusals_leave_the_vm_where_it_is(
     cluster.run("patch", "vn", diskless, "-n", ns, "--type=merge", "-p",
                 '{"spec":{"hostRef":"kvmhost2"}}')  # fmt: skip
     refused(diskless, "TargetInMaintenance")
-    # No room on the target (its memory overcommit makes its allocatable memory tiny).
+    # No room on the target: memory overcommit 0.1 leaves about 2.4 GiB, the hog takes 3.
     cluster.run("patch", "kh", "kvmhost2", "--type=merge", "-p",
-                '{"spec":{"maintenance":false,"overcommit":{"cpu":16,"memory":0.001}}}')  # fmt: skip
+                '{"spec":{"maintenance":false,"overcommit":{"cpu":16,"memory":0.1}}}')  # fmt: skip
     obj = refused(diskless, "TargetInsufficientMemory")
     assert "MiB requested" in condition(obj, "Migration")["message"]
     # A disk on kvmhost1's own dir pool: never moved.
@@ -248,7 +250,9 @@ def test_operator_killed_mid_migration_leaves_one_copy(
     assert interrupted["host"] == "kvmhost1"
     operator.start()
     obj = cluster.wait_for(
-        lambda o: o["status"].get("host") == "kvmhost2" and is_("Ready", "True")(o),
+        lambda o: o["status"].get("host") == "kvmhost2"
+        and o["status"].get("migration", {}).get("phase") == "Succeeded"
+        and is_("Ready", "True")(o),
         "vn", name, "-n", ns, timeout=120,
     )  # fmt: skip
     running = [h for h in ("kvmhost1", "kvmhost2") if state(h, name) == "running"]
