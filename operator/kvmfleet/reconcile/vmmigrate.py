@@ -80,7 +80,7 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-async def follow(  # noqa: PLR0917 - one exit per outcome of a move
+async def follow(  # noqa: PLR0915, PLR0917 - one step per outcome of a move
     ctx: Context,
     node: Resource,
     spec: VirtualNodeSpec,
@@ -97,17 +97,23 @@ async def follow(  # noqa: PLR0917 - one exit per outcome of a move
             return recovered
         # Interrupted before its end: tried again at once (no job failed).
         previous = None
-    hosts = await ctx.blocking(ctx.kube.list_cluster_objects, "kvmhosts")
-    by_name = {h["metadata"]["name"]: h for h in hosts}
-    source_obj = by_name.get(placement.host)
     target = spec.host_ref
-    if target is None and source_obj is not None and _spec(source_obj).maintenance:
+    if target == placement.host:
+        _settle(node, placement, conds)
+        return placement
+    hosts: list[dict[str, Any]] = []
+    if target is None:  # one GET per pass; the hosts are listed only for a drain
+        if not await _in_maintenance(ctx, placement.host):
+            _settle(node, placement, conds)
+            return placement
+        hosts = await ctx.blocking(ctx.kube.list_cluster_objects, "kvmhosts")
         target = await _drain_target(ctx, node, spec, hosts, placement, conds)
         if target is None:
             return placement
-    if target is None or target == placement.host:
-        _settle(node, placement, conds)
-        return placement
+    if not hosts:
+        hosts = await ctx.blocking(ctx.kube.list_cluster_objects, "kvmhosts")
+    by_name = {h["metadata"]["name"]: h for h in hosts}
+    source_obj = by_name.get(placement.host)
     if (
         previous is not None
         and previous.phase is MigrationPhase.FAILED
@@ -196,6 +202,17 @@ async def follow(  # noqa: PLR0917 - one exit per outcome of a move
     finally:
         slots(ctx).release(node.uid)
     return Placement(target, placement.macs) if moved else placement
+
+
+async def _in_maintenance(ctx: Context, host: str) -> bool:
+    try:
+        obj = await ctx.blocking(ctx.kube.get_object, "kvmhosts", host)
+    except NotFoundError:
+        return False
+    try:
+        return _spec(obj).maintenance
+    except KvmfleetError:
+        return False
 
 
 def _spec(obj: dict[str, Any]) -> KvmHostSpec:
