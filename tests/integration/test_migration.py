@@ -18,7 +18,9 @@ Both hosts are of the same kind (emulated by default in the testbed).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -30,7 +32,7 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
-from support.testbed import RUN_DIR, host_manifests, on_host
+from support.testbed import RUN_DIR, host_manifests, on_host, run_testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
 
@@ -259,6 +261,54 @@ def test_operator_killed_mid_migration_leaves_one_copy(
     assert running == ["kvmhost2"]
     assert state("kvmhost1", name) == "absent"
     assert obj["status"]["migration"]["phase"] == "Succeeded"
+
+
+def test_target_libvirtd_killed_mid_migration_then_a_retry_succeeds(
+    cluster: Kubectl, operator: OperatorProcess, hosts: list[str], ns: str
+) -> None:
+    """The target's libvirtd dies while the memory is copied (1 MiB/s, so it takes a while):
+    the VM keeps running on kvmhost1, the condition says so; once libvirtd is back the
+    operator retries and the VM moves."""
+    name = f"kill-{ns[-6:]}"
+    cluster.apply(vm(name, ns, hostRef="kvmhost1"))
+    cluster.wait_for(is_("Ready", "True"), "vn", name, "-n", ns, timeout=120)
+    operator.stop()
+    slow = OperatorProcess(
+        cluster.kubeconfig,
+        RUN_DIR / "logs" / "operator-slow-migration.log",
+        extra_env={**operator.extra_env, "KVMFLEET_MIGRATION_BANDWIDTH_MIB": "1"},
+    )
+    try:
+        slow.start()
+        cluster.run("patch", "vn", name, "-n", ns, "--type=merge", "-p",
+                    '{"spec":{"hostRef":"kvmhost2"}}')  # fmt: skip
+        cluster.wait_for(
+            lambda o: (o["status"].get("migration") or {}).get("dataRemaining"),
+            "vn", name, "-n", ns, timeout=120, interval=0.5,
+        )  # fmt: skip
+        status = run_testbed("status", check=False).stdout
+        found = re.search(r"^kvmhost2/libvirtd\s+up\s+pid (\d+)", status, re.M)
+        assert found, status
+        os.kill(int(found.group(1)), signal.SIGKILL)
+        obj = cluster.wait_for(
+            lambda o: condition(o, "Migration").get("reason") in ("MigrationFailed",),
+            "vn", name, "-n", ns, timeout=180,
+        )  # fmt: skip
+        assert obj["status"]["host"] == "kvmhost1"
+        assert obj["status"]["migration"]["phase"] == "Failed"
+        assert state("kvmhost1", name) == "running"
+        print(f"\nafter the kill: {condition(obj, 'Migration')['message'][:300]}")
+        run_testbed("up", timeout=600)  # libvirtd on kvmhost2 again
+        cluster.wait_for(
+            lambda o: o["status"].get("host") == "kvmhost2"
+            and (o["status"].get("migration") or {}).get("phase") == "Succeeded",
+            "vn", name, "-n", ns, timeout=400,
+        )  # fmt: skip
+    finally:
+        slow.stop()
+        operator.start()
+    assert state("kvmhost2", name) == "running" and state("kvmhost1", name) == "absent"
+    assert cluster.json("get", "vn", name, "-n", ns)["status"]["migration"]["attempts"] >= 2
 
 
 def test_drain_moves_the_movable_vms_and_names_the_pinned_ones(
