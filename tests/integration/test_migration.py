@@ -209,11 +209,6 @@ def test_preflight_refusals_leave_the_vm_where_it_is(
                 '{"spec":{"maintenance":false,"overcommit":{"cpu":16,"memory":0.1}}}')  # fmt: skip
     obj = refused(diskless, "TargetInsufficientMemory")
     assert "MiB requested" in condition(obj, "Migration")["message"]
-    # A disk on kvmhost1's own dir pool: never moved.
-    cluster.run("patch", "vn", local, "-n", ns, "--type=merge", "-p",
-                '{"spec":{"hostRef":"kvmhost2"}}')  # fmt: skip
-    obj = refused(local, "StorageNotShared")
-    assert condition(obj, "Stalled")["status"] == "True"
     # The cause gone, the diskless VM moves (the dir one never does).
     cluster.run("patch", "kh", "kvmhost2", "--type=merge", "-p",
                 '{"spec":{"overcommit":{"cpu":16,"memory":1}}}')  # fmt: skip
@@ -222,6 +217,11 @@ def test_preflight_refusals_leave_the_vm_where_it_is(
         "vn", diskless, "-n", ns, timeout=90,
     )  # fmt: skip
     assert state("kvmhost2", diskless) == "running" and state("kvmhost1", diskless) == "absent"
+    # A disk on kvmhost1's own dir pool: never moved.
+    cluster.run("patch", "vn", local, "-n", ns, "--type=merge", "-p",
+                '{"spec":{"hostRef":"kvmhost2"}}')  # fmt: skip
+    obj = refused(local, "StorageNotShared")
+    assert condition(obj, "Stalled")["status"] == "True"
     assert state("kvmhost1", local) == "running"
 
 
