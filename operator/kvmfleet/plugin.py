@@ -1,5 +1,5 @@
-"""`kubectl kvm`: consoles, power, migration and lsvm of VirtualNodes (xCAT rcons, getrvidparms,
-rpower, rmigrate, lsvm) from the command line.
+"""`kubectl kvm`: consoles, power, migration, lsvm, capture and clone of VirtualNodes (xCAT
+rcons, getrvidparms, rpower, rmigrate, lsvm, clonevm) from the command line.
 
 Installed as the ``kubectl-kvm`` console script, so kubectl finds it as the ``kvm`` plugin.
 kubectl hands its arguments over unchanged: ``--kubeconfig``, ``--context`` and
@@ -25,6 +25,7 @@ from typing import TextIO
 from kvmfleet import __version__
 from kvmfleet.errors import KvmfleetError, NotFoundError
 from kvmfleet.kube.objects import KubeObjects
+from kvmfleet.reconcile import cloning
 from kvmfleet.reconcile.consoles import (
     Action,
     Fleet,
@@ -197,6 +198,29 @@ def parser() -> argparse.ArgumentParser:
         description="List the domains on a KvmHost and the VirtualNodes placed on it.",
     )
     lsvm.add_argument("host", metavar="HOST")
+
+    capture = sub.add_parser(
+        "capture",
+        parents=[common],
+        help="capture VM into a VmMaster (clonevm VM -t MASTER [-d])",
+        description="Write a VmMaster capturing VM (powered off) into MASTER. Attached "
+        "(default): VM's disk becomes an overlay of the master; --detached leaves VM as is.",
+    )
+    capture.add_argument("vm", metavar="VM")
+    capture.add_argument("master", metavar="MASTER")
+    capture.add_argument("--detached", action="store_true", help="clonevm -d")
+    capture.add_argument("--storage", metavar="URL", help="dir:// or nfs:// storage of the master")
+    clone = sub.add_parser(
+        "clone",
+        parents=[common],
+        help="a VirtualNode cloned from a VmMaster (clonevm VM -b MASTER [-d])",
+        description="Write VirtualNode VM cloned from MASTER: its disks (attached overlays, or "
+        "full copies with --detached), NICs (new MACs), os/arch/profile.",
+    )
+    clone.add_argument("master", metavar="MASTER")
+    clone.add_argument("vm", metavar="VM")
+    clone.add_argument("--detached", action="store_true", help="clonevm -d: full copies")
+    clone.add_argument("--host", metavar="HOST", help="spec.hostRef (default: scheduled)")
 
     sub.add_parser("version", parents=[common], help="print the version")
     return main
@@ -373,6 +397,34 @@ def _lsvm(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> i
     return EXIT_OK
 
 
+def _capture(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> int:
+    written = cloning.capture(
+        fleet.kube,
+        _namespace(args, fleet),
+        args.vm,
+        args.master,
+        detached=args.detached,
+        storage=args.storage,
+    )
+    out.write(f"vmmaster/{written.name} created (capturing {args.vm})\n")
+    if written.note:
+        err.write(f"note: {written.note}\n")
+    return EXIT_OK
+
+
+def _clone(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> int:
+    written = cloning.clone(
+        fleet.kube,
+        _namespace(args, fleet),
+        args.master,
+        args.vm,
+        detached=args.detached,
+        host=args.host,
+    )
+    out.write(f"virtualnode/{written.name} created (clone of {args.master})\n")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Fleet, TextIO, TextIO], int]] = {
     "console": _console,
     "vnc": _vnc,
@@ -380,6 +432,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Fleet, TextIO, TextIO], int]] 
     "drain": _maintenance,
     "uncordon": _maintenance,
     "lsvm": _lsvm,
+    "capture": _capture,
+    "clone": _clone,
     **{name: _power for name in POWER_ACTIONS},
 }
 

@@ -34,6 +34,10 @@ class Settings:
     vm_sync_interval: float = 30.0
     """Seconds between two power-state syncs of a VirtualNode."""
 
+    vm_stats_interval: float = 30.0
+    """Seconds between two reads of a host's per-VM statistics (CPU, memory, disk and
+    network counters; one libvirt call per host); 0 turns them off."""
+
     ssh_connect_timeout: float = 10.0
     """Seconds to wait for an SSH connection to a host."""
 

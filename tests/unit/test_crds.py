@@ -936,9 +936,12 @@ CONTRACT = {
         "status": {
             "observedGeneration", "conditions", "phase", "os", "arch", "profile", "nics",
             "storage", "vintage", "originator", "disks", "clones", "kopf",
+            "host", "sourceNode", "mode", "dependants",
         },
         "status.nics[]": {"bridge", "model", "mac"},
-        "status.disks[]": {"name", "path", "virtualSizeBytes", "actualSizeBytes"},
+        "status.disks[]": {
+            "name", "url", "path", "format", "virtualSizeBytes", "actualSizeBytes",
+        },
     },
 }  # fmt: skip
 

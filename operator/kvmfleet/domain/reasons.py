@@ -140,7 +140,6 @@ _TABLE: dict[str, Progress] = {
     "NoSuchConsole": _STALL,
     "ActionRefused": _STALL,
     "ActionFailed": _STALL,
-    "NotImplemented": _STALL,  # VmMaster: capture is planned, not built
     "CpuNotSupported": _STALL,  # the spec.cpu asked for does not start on the host
     "GuestsDoNotStart": _STALL,  # VirtualizationCapable=False: no trial guest starts
     "CallTimeout": _RETRY,  # a blocking call did not return in time (hung host or API)
@@ -208,6 +207,16 @@ _TABLE: dict[str, Progress] = {
     "StorageNotShared": _STALL,  # a disk is not on NFS both hosts reach the same way
     "CpuIncompatible": _STALL,  # the guest CPU does not run on the target
     "VirtTypeMismatch": _STALL,  # a KVM guest cannot move to an emulated (TCG) host
+    # VmMaster capture and clones (domain/vmmaster.py).
+    "Captured": _DONE,  # VmMaster Ready: the master images are complete and verified
+    "SourceNotFound": _STALL,  # the sourceNode VirtualNode does not exist
+    "SourceNotPlaced": _RETRY,  # the source VirtualNode has no host yet
+    "SourceRunning": _STALL,  # power the source off (runStrategy Halted) to capture it
+    "CaptureFailed": _STALL,  # qemu-img failed or a copy did not verify; retried
+    "DependantsExist": _RETRY,  # deletion waits for the clones to go; completes by itself
+    "WaitingForMaster": _RETRY,  # a clone's VmMaster is not captured yet
+    "MasterUnreachable": _STALL,  # the clone's host cannot reach the master's storage
+    "MasterDiskMissing": _STALL,  # a clone disk neither in the master nor sized, or shrunk
     **_HOST_SUMMARY,
 }
 

@@ -53,4 +53,6 @@ async def remove(
     """Shut down, undefine and (by reclaimPolicy) delete the disks (`rmvm`)."""
     ctx: Context = memo["ctx"]
     resource = Resource.from_body(body)
-    await common.run(KIND, body, patch, logger, lambda: virtualnodes.remove(ctx, resource))
+    await common.run(
+        KIND, body, patch, logger, lambda: virtualnodes.remove(ctx, resource), removing=True
+    )

@@ -1,4 +1,5 @@
-"""Reads and small patches of kvmfleet objects for the kubectl plugin: VirtualNode, KvmHost, Secret.
+"""Reads, small patches and creates of kvmfleet objects for the kubectl plugin (VirtualNode,
+VmMaster, KvmHost, Secret).
 
 :meth:`KubeObjects.from_kubeconfig` loads credentials as kubectl does (``--kubeconfig``,
 else ``$KUBECONFIG`` - a list of files - else ``~/.kube/config``, else in-cluster) and
@@ -24,6 +25,7 @@ from kvmfleet.kube.api import KubeApi
 from kvmfleet.settings import GROUP, VERSION
 
 VIRTUALNODES = "virtualnodes"
+VMMASTERS = "vmmasters"
 KVMHOSTS = "kvmhosts"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -175,6 +177,39 @@ class KubeObjects:
                 VIRTUALNODES,
                 name,
                 body,
+            )
+        )
+
+    # -- creating objects (kubectl kvm capture / clone) --
+
+    def create(self, plural: str, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a namespaced kvmfleet object (``virtualnodes`` or ``vmmasters``)."""
+        if plural not in (VIRTUALNODES, VMMASTERS):
+            raise ValueError(f"not a namespaced kvmfleet kind: {plural}")
+        name = (body.get("metadata") or {}).get("name")
+        return dict(
+            self._call(
+                f"creating {plural} {namespace}/{name}",
+                self.api.custom.create_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                dict(body),
+            )
+        )
+
+    def get_vmmaster(self, namespace: str, name: str) -> dict[str, Any]:
+        """A VmMaster (NotFoundError if there is none)."""
+        return dict(
+            self._call(
+                f"reading VmMaster {namespace}/{name}",
+                self.api.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                VMMASTERS,
+                name,
             )
         )
 

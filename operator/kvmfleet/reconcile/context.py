@@ -32,7 +32,7 @@ from kvmfleet.reconcile.liveness import ANY, KUBE, Activity, InFlight
 from kvmfleet.settings import Settings
 from kvmfleet.ssh.reachability import BannerChecks
 from kvmfleet.ssh.session import SshOptions, SshPool
-from kvmfleet.virt.connection import Keepalive, LibvirtPool, open_connection
+from kvmfleet.virt.connection import Keepalive, LibvirtPool, LibvirtTarget, open_connection
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -77,6 +77,8 @@ class Context:
     activity: Activity = field(default_factory=Activity, repr=False)
     kube_executor: ThreadPoolExecutor | None = field(default=None, repr=False)
     host_executors: dict[str, ThreadPoolExecutor] = field(default_factory=dict, repr=False)
+    stats_targets: dict[str, LibvirtTarget] = field(default_factory=dict, repr=False)
+    """Per KvmHost: its libvirtd, read for per-VM statistics (see vmstats)."""
 
     @classmethod
     def create(cls, settings: Settings) -> Context:

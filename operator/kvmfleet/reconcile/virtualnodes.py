@@ -28,6 +28,7 @@ from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, Tempor
 from kvmfleet.reconcile import (
     failpoints,
     hostusage,
+    vmclones,
     vmconsole,
     vmdisks,
     vmdomain,
@@ -119,7 +120,6 @@ async def remove(ctx: Context, node: Resource) -> Outcome:
 
 async def converge(ctx: Context, node: Resource) -> Outcome:
     """One full pass over a VirtualNode; the Outcome carries its whole status."""
-    started = time.monotonic()
     spec = VirtualNodeSpec.from_dict(node.spec)
     outcome = Outcome()
     conds: dict[str, Condition] = {}
@@ -127,7 +127,6 @@ async def converge(ctx: Context, node: Resource) -> Outcome:
         await _converge(ctx, node, spec, outcome, conds)
     finally:
         ctx.last_sync[node.uid] = time.monotonic()
-        metrics.VM_OPERATION_DURATION.labels("reconcile").observe(time.monotonic() - started)
     return outcome
 
 
@@ -139,15 +138,12 @@ async def _converge(
     conds: dict[str, Condition],
 ) -> None:
     await _check_name(ctx, node)
-    if spec.source is not None:
-        # Never boot blank disks in place of a clone: nothing is placed or made.
-        raise PermanentError(
-            f"spec.source (a clone of VmMaster {spec.source.vm_master}) is planned, not "
-            "implemented yet: no disk is made and nothing is defined; remove spec.source",
-            reason="NotImplemented",
-        )
+    # Clones (spec.source): the master must be Ready and reachable from the host.
+    clone = await vmclones.resolve(ctx, node, spec) if spec.source is not None else None
+    if clone is not None:
+        await vmclones.check_pinned(ctx, node, clone, spec)
     try:
-        placement = await ensure_placed(ctx, node, spec)
+        placement = await ensure_placed(ctx, node, clone.placement_spec(spec) if clone else spec)
     except UnschedulableError as error:
         conds[SCHEDULED] = Condition(SCHEDULED, Status.FALSE, error.reason, error.message)
         outcome.status["phase"] = "Scheduling"
@@ -170,6 +166,7 @@ async def _converge(
         for nic, mac in zip(spec.nics, placement.macs, strict=True)
     ]
     outcome.labels[HOST_LABEL] = placement.host
+    metrics.set_vm_info(node.namespace or "", node.name, placement.host, str(spec.run_strategy))
 
     try:
         host_spec, host_status = await read_host(ctx, placement.host)
@@ -183,8 +180,10 @@ async def _converge(
         conds[AUTHORIZED] = Condition(
             AUTHORIZED, Status.TRUE, "Allowed", f"KvmHost {placement.host} allows this VM"
         )
+        if clone is not None:
+            clone.check_reach(placement.host, host_spec)
         host = await connect_host(ctx, placement.host, host_spec, host_status)
-        await _on_host(ctx, node, spec, host, placement, outcome, conds)
+        await _on_host(ctx, node, spec, host, placement, outcome, conds, clone)
     except TemporaryError as error:
         _host_unavailable(node, outcome, conds, placement.host, error)
     except PermanentError as error:
@@ -261,6 +260,7 @@ async def _on_host(  # noqa: PLR0917 - the pass's whole context
     placement: Placement,
     outcome: Outcome,
     conds: dict[str, Condition],
+    clone: vmclones.Clone | None = None,
 ) -> None:
     guests = await host.guests()
     try:
@@ -268,16 +268,18 @@ async def _on_host(  # noqa: PLR0917 - the pass's whole context
     except NotFoundError:
         before = None
 
+    mount_root = ctx.settings.mount_root
     disks = await vmdisks.ensure(
         host,
         Owner(node.namespace or "", node.name, node.uid),
         spec,
-        ctx.settings.mount_root,
+        mount_root,
         running=before in (PowerState.ON, PowerState.PAUSED),
+        clone=clone.images(node.namespace or "", host.spec, mount_root) if clone else None,
     )
     for path in disks.created:
         outcome.note("DiskCreated", f"created {path}")
-        metrics.VM_OPERATIONS.labels("create-disk", "success").inc()
+        metrics.count_operation("create-disk")
     for path in disks.grown:
         outcome.note("DiskGrown", f"grew {path}")
     for path in disks.claimed:
@@ -324,10 +326,11 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
     if result.defined_now:
         outcome.note("Defined", f"domain {node.name} defined on {host.name} (mkvm)")
         await hostusage.publish(ctx, host.name, added=(node.name, str(result.state)))
-        metrics.VM_OPERATIONS.labels("define", "success").inc()
+        metrics.count_operation("define")
         failpoints.hit("after-define")
     elif result.redefined:
         outcome.note("Redefined", f"domain {node.name} updated from the spec (chvm)")
+        metrics.count_operation("redefine")
     outcome.status["domainUUID"] = result.uuid
     conds[DEFINED] = Condition(
         DEFINED, Status.TRUE, "Defined", f"domain {node.name} on {host.name}"
@@ -436,12 +439,8 @@ async def _power_call(ctx: Context, guests: Guests, name: str, call: Call) -> No
         Call.DESTROY: guests.destroy,
         Call.RESET: guests.reset,
     }[call]
-    try:
+    with metrics.operation(str(call)):
         await ctx.blocking(fn, name)
-    except KvmfleetError:
-        metrics.VM_OPERATIONS.labels(str(call), "error").inc()
-        raise
-    metrics.VM_OPERATIONS.labels(str(call), "success").inc()
     if call is Call.START:
         failpoints.hit("after-start")
 
@@ -461,6 +460,7 @@ async def _observe(
     outcome.status["powerState"] = str(state)
     outcome.status["pauseReason"] = str(pause.reason) if pause else None
     metrics.set_power_state(node.namespace or "", node.name, str(state))
+    metrics.set_paused(node.namespace or "", node.name, str(pause.reason) if pause else None)
     outcome.status["restartRequired"] = bool(on and result.restart_required)
     outcome.status["console"] = vmconsole.console_status(
         host.spec.address, creds, live.vnc_port, live.serial_pty if on else None, host.name
