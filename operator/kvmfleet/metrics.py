@@ -166,6 +166,21 @@ VM_OPERATIONS = _counter(
 VM_OPERATION_DURATION = _histogram(
     "kvmfleet_vm_operation_duration_seconds", "Duration of VM operations.", ["operation"]
 )
+MIGRATIONS = _counter(
+    "kvmfleet_migrations_total",
+    "Moves of a VM to another host, by kind (Live, Offline) and result.",
+    ["kind", "result"],
+)
+MIGRATION_DURATION = _histogram(
+    "kvmfleet_migration_duration_seconds",
+    "Duration of a successful move of a VM to another host.",
+    ["kind"],
+)
+MIGRATION_DATA_REMAINING = _gauge(
+    "kvmfleet_migration_data_remaining_bytes",
+    "Memory left to copy of a running live migration (0 when none runs).",
+    ["namespace", "name"],
+)
 SSH_COMMANDS = _counter(
     "kvmfleet_ssh_commands_total", "Remote commands run over SSH.", ["host", "result"]
 )
@@ -232,7 +247,7 @@ def forget(kind: str, namespace: str, name: str) -> None:
     _remove_where(RESOURCE_READY, kind=kind, namespace=namespace, name=name)
     TERMINATING.forget(kind, namespace, name)
     if kind == "VirtualNode":
-        for metric in (VM_POWER_STATE, VM_PAUSED, VM_INFO):
+        for metric in (VM_POWER_STATE, VM_PAUSED, VM_INFO, MIGRATION_DATA_REMAINING):
             _remove_where(metric, namespace=namespace, name=name)
         VM_STATS.forget_vm(namespace, name)
         PROVISIONING.forget(namespace, name)

@@ -165,14 +165,33 @@ def parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser(
         "migrate",
         parents=[common],
-        help="set spec.hostRef to HOST (rmigrate; the move itself is planned)",
-        description="Set spec.hostRef to another KvmHost (rmigrate). Planned: the operator "
-        "does not move a placed VM yet, so --wait times out.",
+        help="move the VM to HOST (rmigrate): live if it runs, its definition if stopped",
+        description="Set spec.hostRef to another KvmHost (rmigrate). The operator checks the "
+        "target first (Ready, not in maintenance, room, bridges, shared NFS storage, CPU), "
+        "then live-migrates a running VM (or moves a stopped one's definition). --wait "
+        "prints status.migration as it changes and exits 1 when the move is refused or "
+        "fails (the VM then stays where it is).",
     )
     migrate.add_argument("vm", metavar="VM")
     migrate.add_argument("host", metavar="HOST")
     migrate.add_argument("--wait", action="store_true", help="wait until the VM runs on HOST")
     migrate.add_argument("--timeout", type=_positive, default=600.0, metavar="S", help="for --wait")
+
+    for verb, text in (
+        ("drain", "put HOST in maintenance: no new VMs; its movable VMs move to other hosts"),
+        ("uncordon", "end HOST's maintenance: it takes VMs again"),
+    ):
+        command = sub.add_parser(verb, parents=[common], help=text, description=text)
+        command.add_argument("host", metavar="HOST")
+        if verb == "drain":
+            command.add_argument(
+                "--wait",
+                action="store_true",
+                help="wait until every VM left on HOST is moved or says why it does not move",
+            )
+            command.add_argument(
+                "--timeout", type=_positive, default=600.0, metavar="S", help="for --wait"
+            )
 
     lsvm = sub.add_parser(
         "lsvm",
@@ -332,7 +351,12 @@ def _power(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> 
 
 def _migrate(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> int:
     result = fleet.migrate(
-        _namespace(args, fleet), args.vm, args.host, wait=args.wait, timeout=args.timeout
+        _namespace(args, fleet),
+        args.vm,
+        args.host,
+        wait=args.wait,
+        timeout=args.timeout,
+        progress=lambda line: print(f"{args.vm}: {line}", file=err, flush=True),
     )
     if not result.requested:
         out.write(f"{args.vm}: already on {args.host}\n")
@@ -342,6 +366,25 @@ def _migrate(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -
         out.write(f"{args.vm}: not placed yet; it will be placed on {args.host}\n")
     else:
         out.write(f"{args.vm}: migration {result.source} -> {args.host} requested\n")
+    return EXIT_OK
+
+
+def _maintenance(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> int:
+    drain = args.command == "drain"
+    result = fleet.set_maintenance(
+        args.host, drain, wait=getattr(args, "wait", False), timeout=getattr(args, "timeout", 0)
+    )
+    if not drain:
+        out.write(f"{args.host}: maintenance off, takes VMs again\n")
+        return EXIT_OK
+    out.write(f"{args.host}: in maintenance\n")
+    for stuck in result.left:
+        out.write(f"  {stuck.name}: {stuck.reason}: {stuck.message}\n")
+    if getattr(args, "wait", False):
+        if result.left:
+            out.write(f"{args.host}: {len(result.left)} VM(s) stay (listed above)\n")
+        else:
+            out.write(f"{args.host}: drained, no VM left\n")
     return EXIT_OK
 
 
@@ -436,6 +479,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Fleet, TextIO, TextIO], int]] 
     "console": _console,
     "vnc": _vnc,
     "migrate": _migrate,
+    "drain": _maintenance,
+    "uncordon": _maintenance,
     "lsvm": _lsvm,
     "capture": _capture,
     "clone": _clone,

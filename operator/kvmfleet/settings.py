@@ -93,6 +93,16 @@ class Settings:
     libvirt_call_timeout: float = 120.0
     """Deadline of one blocking libvirt call (the caller stops waiting; temporary)."""
 
+    migration_timeout: float = 300.0
+    """Deadline of one live migration (seconds): past it the job is aborted
+    (virDomainAbortJob) and the VM keeps running on its source host."""
+
+    migration_bandwidth_mib: int = 0
+    """Bandwidth cap of a live migration in MiB/s (0: libvirt's default, no cap)."""
+
+    migrations_per_host: int = 2
+    """Migrations a host takes part in at once (as source or target); more wait (Queued)."""
+
     kube_request_timeout: float = 30.0
     """Deadline of one Kubernetes API request made by kvmfleet's own client."""
 

@@ -926,7 +926,8 @@ CONTRACT = {
         "status.console.vnc": {"host", "port", "passwordSecretRef", "expiresAt"},
         "status.console.vnc.passwordSecretRef": {"name", "key"},
         "status.migration": {
-            "sourceHost", "targetHost", "phase", "startedAt", "finishedAt", "message",
+            "phase", "kind", "source", "target", "startTime", "endTime", "dataTotal",
+            "dataRemaining", "attempts", "message",
         },
         "status.lastActions": {"start", "stop", "reboot", "reset", "consoleCredentials"},
     },

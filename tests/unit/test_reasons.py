@@ -74,6 +74,19 @@ def _host_condition_events() -> set[str]:
     return set(HOST_CONDITIONS) | {f"{t}{s}" for t in HOST_CONDITIONS for s in ("False", "Unknown")}
 
 
+def _migration_refusals() -> set[str]:
+    from kvmfleet.domain import migration
+
+    return {
+        *(f"Target{r}" for r in HostRejection),
+        migration.STORAGE_NOT_SHARED,
+        migration.CPU_INCOMPATIBLE,
+        migration.VIRT_TYPE_MISMATCH,
+        "HostNotFound",
+        "TargetNotReady",
+    }
+
+
 # Computed reason expressions (as ast.unparse spells them) -> what they can be. A value of
 # None: the reason passes through from elsewhere (an error's reason, a condition already
 # built), whose sources are collected on their own.
@@ -111,6 +124,8 @@ DYNAMIC: dict[str, Callable[[], set[str]] | None] = {
     "START_FAILED": lambda: {"StartFailed"},
     "disks.problems[0].reason": lambda: {*_disk_reasons().values(), "DiskProblem"},
     "verdict.reason": lambda: set(_disk_reasons().values()),
+    "refusals[0].reason": _migration_refusals,
+    "f'{TARGET_PREFIX}{rejected.code}'": lambda: {f"Target{r}" for r in HostRejection},
     **{name: (lambda n=name: {getattr(vmmaster, n)}) for name in VMMASTER_REASONS},
 }
 DYNAMIC_EVENTS: dict[str, Callable[[], set[str]] | None] = {
@@ -122,6 +137,8 @@ DYNAMIC_EVENTS: dict[str, Callable[[], set[str]] | None] = {
     **{name: (lambda n=name: {getattr(vmmaster, n)}) for name in VMMASTER_REASONS},
     "new.type": _host_condition_events,
     "f'{new.type}{new.status}'": _host_condition_events,
+    "refusals[0].reason": _migration_refusals,
+    "reason": lambda: {"MigrationFailed", "MigrationTimedOut"},  # vmmigrate._failed
 }
 
 

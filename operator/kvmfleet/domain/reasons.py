@@ -184,6 +184,30 @@ _TABLE: dict[str, Progress] = {
     "DiskInUseElsewhere": _RETRY,  # another host runs the image; starts once it is gone
     "ShrinkRefused": _STALL,
     "DeletionBlocked": _STALL,  # fix the cause, or set kvmfleet.io/orphan
+    # Moving a VM to another host (Migration condition; the VM stays where it is until it
+    # moved). Waiting for a host to change is retried; what a person must change is not.
+    "Migrated": _DONE,  # the last move succeeded
+    "NotRequested": _DONE,  # no move is asked for (an earlier refusal no longer holds)
+    "MigrationQueued": _RETRY,  # waiting for a migration slot (migrations_per_host)
+    "MigrationFailed": _RETRY,  # libvirt's job failed; the VM runs on the source; retried
+    "MigrationTimedOut": _RETRY,  # aborted at migration_timeout; retried
+    "MigrationBlocked": _RETRY,  # a host of the move did not answer
+    "MigrationInterrupted": _RETRY,  # the operator stopped during a move; the source runs it
+    "MigrationUndecided": _STALL,  # the VM is active on both hosts: a person decides
+    "NoMigrationTarget": _RETRY,  # drain: no other host can take the VM now
+    "TargetNotReady": _RETRY,
+    "TargetInMaintenance": _RETRY,
+    "TargetNamespaceNotAllowed": _STALL,
+    "TargetNotAllowed": _STALL,
+    "TargetMissingBridge": _STALL,
+    "TargetMissingStorage": _STALL,
+    "TargetInsufficientStorage": _RETRY,
+    "TargetInsufficientCPU": _RETRY,
+    "TargetInsufficientMemory": _RETRY,
+    "TargetInsufficientCPUAndMemory": _RETRY,
+    "StorageNotShared": _STALL,  # a disk is not on NFS both hosts reach the same way
+    "CpuIncompatible": _STALL,  # the guest CPU does not run on the target
+    "VirtTypeMismatch": _STALL,  # a KVM guest cannot move to an emulated (TCG) host
     # VmMaster capture and clones (domain/vmmaster.py).
     "Captured": _DONE,  # VmMaster Ready: the master images are complete and verified
     "SourceNotFound": _STALL,  # the sourceNode VirtualNode does not exist

@@ -244,6 +244,20 @@ class KubeObjects:
             )
         )
 
+    def patch_kvmhost_spec(self, name: str, spec: Mapping[str, object]) -> dict[str, Any]:
+        """Merge ``spec`` into a KvmHost's spec (drain / uncordon)."""
+        return dict(
+            self._call(
+                f"patching the spec of KvmHost {name}",
+                self.api.custom.patch_cluster_custom_object,
+                GROUP,
+                VERSION,
+                KVMHOSTS,
+                name,
+                {"spec": dict(spec)},
+            )
+        )
+
     # -- Secrets --
 
     def read_secret(self, namespace: str, name: str) -> SecretData:

@@ -33,6 +33,7 @@ from kvmfleet.reconcile import (
     vmconsole,
     vmdisks,
     vmdomain,
+    vmmigrate,
     vmremove,
 )
 from kvmfleet.reconcile.context import Context
@@ -153,6 +154,13 @@ async def _converge(
         _summarise(outcome, conds, ready=False, reason=error.reason, message=error.message)
         outcome.requeue_after, outcome.retry_message = RETRY, error.message
         return
+    if node.status.get("host") == placement.host:  # placed before: it may have to move
+        try:
+            placement = await vmmigrate.follow(ctx, node, spec, placement, outcome, conds)
+        except TemporaryError as error:
+            conds[vmmigrate.MIGRATION] = Condition(
+                vmmigrate.MIGRATION, Status.FALSE, "MigrationBlocked", error.message
+            )
     if node.status.get("host") != placement.host:  # placed now: the host counts it at once
         await hostusage.publish(ctx, placement.host)
     conds[SCHEDULED] = Condition(SCHEDULED, Status.TRUE, "Scheduled", f"on {placement.host}")
