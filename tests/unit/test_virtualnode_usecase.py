@@ -188,8 +188,15 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
         return host
 
     async def ensure_disks(
-        host: PlacedHost, me: Any, spec: VirtualNodeSpec, mount_root: str, *, running: bool
+        host: PlacedHost,
+        me: Any,
+        spec: VirtualNodeSpec,
+        mount_root: str,
+        *,
+        running: bool,
+        clone: Any = None,
     ) -> vmdisks.DiskReport:
+        assert clone is None  # these VMs are not clones
         locations = vmdisks.locate(me.name, spec, KvmHostSpec.from_dict(HOST_SPEC), mount_root)
         status = [
             {"name": d.name, "path": loc.path} for d, loc in zip(spec.disks, locations, strict=True)
