@@ -99,13 +99,6 @@ def ticks(namespace: str, name: str, timeout: float = 150) -> tuple[list[int], s
     return [int(n) for n in TICK.findall(text)], text
 
 
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(interval)
-
-
 @pytest.fixture(scope="module")
 def hosts(cluster: Kubectl, operator: OperatorProcess, testbed: dict[str, Any]) -> list[str]:
     cluster.apply(host_manifests(testbed))
