@@ -7,6 +7,7 @@
 #   hack/cluster.sh down     stop exactly the processes `up` started and forget their state
 #   hack/cluster.sh status   say what runs; exit 1 when the API server is not ready
 #   hack/cluster.sh env      print `export KUBECONFIG=... PATH=...` lines for a shell to eval
+#   hack/cluster.sh restart-apiserver   fault injection: stop kube-apiserver, start it again, wait for /readyz
 #
 # Paths (all overridable):
 #   KVMFLEET_CACHE   ~/.cache/kvmfleet         built binaries, keyed by version (survives `down`)
@@ -220,6 +221,33 @@ api_ready() {
         "https://127.0.0.1:${API_PORT}/readyz" >/dev/null 2>&1
 }
 
+start_apiserver() {
+    local i
+    start_bg kube-apiserver "${BIN_DIR}/kube-apiserver" \
+        --etcd-servers "http://127.0.0.1:${ETCD_PORT}" \
+        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+        --secure-port "${API_PORT}" --insecure-port 0 \
+        --cert-dir "${STATE}/pki/generated" \
+        --tls-cert-file "${STATE}/pki/apiserver.crt" --tls-private-key-file "${STATE}/pki/apiserver.key" \
+        --client-ca-file "${STATE}/pki/ca.crt" \
+        --token-auth-file "${STATE}/pki/tokens.csv" \
+        --authorization-mode RBAC \
+        --service-account-key-file "${STATE}/pki/sa.pub" \
+        --service-account-signing-key-file "${STATE}/pki/sa.key" \
+        --service-account-issuer https://kubernetes.default.svc \
+        --service-cluster-ip-range 10.96.0.0/24 \
+        --allow-privileged=true \
+        --profiling=false \
+        --v=1
+    for i in $(seq 1 120); do
+        api_ready && break
+        pid_alive kube-apiserver || die "kube-apiserver exited; see ${STATE}/kube-apiserver.log"
+        [ "${i}" -eq 120 ] && die "kube-apiserver not ready after 60 s; see ${STATE}/kube-apiserver.log"
+        sleep 0.5
+    done
+    say "kube-apiserver ${K8S_VERSION} is ready on https://127.0.0.1:${API_PORT}"
+}
+
 cmd_up() {
     cmd_build
     local -a pkgs
@@ -245,29 +273,7 @@ cmd_up() {
         sleep 0.5
     done
 
-    start_bg kube-apiserver "${BIN_DIR}/kube-apiserver" \
-        --etcd-servers "http://127.0.0.1:${ETCD_PORT}" \
-        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
-        --secure-port "${API_PORT}" --insecure-port 0 \
-        --cert-dir "${STATE}/pki/generated" \
-        --tls-cert-file "${STATE}/pki/apiserver.crt" --tls-private-key-file "${STATE}/pki/apiserver.key" \
-        --client-ca-file "${STATE}/pki/ca.crt" \
-        --token-auth-file "${STATE}/pki/tokens.csv" \
-        --authorization-mode RBAC \
-        --service-account-key-file "${STATE}/pki/sa.pub" \
-        --service-account-signing-key-file "${STATE}/pki/sa.key" \
-        --service-account-issuer https://kubernetes.default.svc \
-        --service-cluster-ip-range 10.96.0.0/24 \
-        --allow-privileged=true \
-        --profiling=false \
-        --v=1
-    for i in $(seq 1 120); do
-        api_ready && break
-        pid_alive kube-apiserver || die "kube-apiserver exited; see ${STATE}/kube-apiserver.log"
-        [ "${i}" -eq 120 ] && die "kube-apiserver not ready after 60 s; see ${STATE}/kube-apiserver.log"
-        sleep 0.5
-    done
-    say "kube-apiserver ${K8S_VERSION} is ready on https://127.0.0.1:${API_PORT}"
+    start_apiserver
 
     start_bg kube-controller-manager "${BIN_DIR}/kube-controller-manager" \
         --kubeconfig "${STATE}/kcm.kubeconfig" \
@@ -336,5 +342,6 @@ case "${1:-}" in
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    restart-apiserver) stop_one kube-apiserver; start_apiserver ;;
+    *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -36,6 +36,25 @@ usage: hack/testbed.sh COMMAND [ARGS]
                                       (HOST: kvmhostN or ${TB_MN})
   sshd-stop HOST | sshd-start HOST    fault injection: stop/start a host's sshd
   link-down HOST | link-up HOST       fault injection: unplug/plug a host's network link
+  libvirtd-kill HOST                  fault: SIGKILL the host's libvirtd (running guests stay)
+  libvirtd-start HOST                 start it again and wait until it answers
+  libvirtd-restart HOST               SIGTERM, then start and wait (a libvirtd upgrade)
+  libvirtd-hang HOST | libvirtd-resume HOST
+                                      fault: SIGSTOP / SIGCONT libvirtd (connections stay
+                                      open, nothing answers: a hung daemon)
+  nfs-stop | nfs-start                fault: stop / start the NFS server (nfs-ganesha)
+  link-loss HOST PERCENT | link-clear HOST
+                                      fault: drop PERCENT% of the host's packets, both ways
+                                      (iptables statistic); link-clear removes it
+  link-delay HOST MS | link-clear HOST
+                                      fault: delay the host's packets (tc netem; exits 4
+                                      when the kernel has no sch_netem)
+  kvm-break HOST | kvm-repair HOST    fault: /dev/kvm on HOST becomes a device without a
+                                      driver (QEMU of a KVM guest cannot start) / back
+  pool-small HOST DIR MIB             a storage pool directory DIR that holds only MIB MiB
+                                      (a tmpfs in the host's mount namespace)
+  pool-fill HOST DIR | pool-drain HOST DIR
+                                      fault: fill DIR's free space (a ballast file) / free it
   env                                 print shell variables describing the testbed
 
 State: ${TB}
@@ -400,6 +419,154 @@ resolve_ns() {
     holder_pid "${host}" || die "${host} is not running (hack/testbed.sh up)"
 }
 
+# ---------------------------------------------------------------- fault injection
+# Each fault names what it did on stdout (ok ...) and is undone by its pair; all of them
+# are idempotent, so a test may undo a fault that is already gone.
+
+cmd_libvirtd() {
+    local action="$1" host="${2:-}" i holder pid name log
+    require_root
+    i="$(host_index "${host}")" || die "libvirtd-${action}: HOST must be kvmhostN"
+    holder="$(resolve_ns "${host}")"
+    name="$(host_name "${i}")" log="$(host_dir "${i}")/log"
+    pid="$(daemon_pid "${holder}" libvirtd libvirtd)" || pid=''
+    case "${action}" in
+        kill)
+            [[ -n "${pid}" ]] && kill -KILL "${pid}" 2>/dev/null || true
+            [[ -z "${pid}" ]] || wait_until 10 "libvirtd (pid ${pid}) to die" pid_gone "${pid}" || true
+            ok "${name}: libvirtd killed${pid:+ (pid ${pid})}; running guests stay" ;;
+        hang)
+            [[ -n "${pid}" ]] || die "${name}: libvirtd is not running"
+            kill -STOP "${pid}"
+            ok "${name}: libvirtd (pid ${pid}) stopped with SIGSTOP (hung)" ;;
+        resume)
+            [[ -z "${pid}" ]] || kill -CONT "${pid}" 2>/dev/null || true
+            ok "${name}: libvirtd resumed${pid:+ (pid ${pid})}" ;;
+        start | restart)
+            lock
+            if [[ "${action}" == restart && -n "${pid}" ]]; then
+                kill -CONT "${pid}" 2>/dev/null || true
+                stop_daemon "${holder}" libvirtd libvirtd
+            fi
+            ensure_daemon "${holder}" "${name}" libvirtd libvirtd "${log}/libvirtd.log" libvirtd
+            wait_daemon "${holder}" "${name}" libvirtd libvirtd "${log}/libvirtd.log" 90 \
+                _libvirtd_ready "${holder}" || die "${name}: libvirtd did not come back"
+            ok "${name}: libvirtd answers (pid $(daemon_pid "${holder}" libvirtd libvirtd))" ;;
+    esac
+}
+
+cmd_nfs() {
+    local action="$1" h log="${TB_MN_DIR}/log"
+    require_root
+    h="$(holder_pid "${TB_MN}")" || die "namespace ${TB_MN} is not running"
+    lock
+    if [[ "${action}" == stop ]]; then
+        stop_daemon "${h}" nfs-ganesha ganesha.nfsd
+        ok "${TB_MN}: NFS server stopped (clients' hard mounts hang until it is back)"
+        return 0
+    fi
+    ensure_daemon "${h}" "${TB_MN}" nfs-ganesha ganesha.nfsd "${log}/ganesha.out" \
+        ganesha.nfsd -F -f "${TB_MN_DIR}/ganesha.conf" -L "${log}/ganesha.log" \
+        -p /run/ganesha/ganesha.pid -N NIV_EVENT
+    wait_daemon "${h}" "${TB_MN}" nfs-ganesha ganesha.nfsd "${log}/ganesha.log" 60 \
+        _nfs_ready "${h}" || die "${TB_MN}: the NFS server did not come back"
+    ok "${TB_MN}: NFS server answers"
+}
+
+# Packet loss: iptables rules tagged with this comment in the host's network namespace
+# (the root namespace is never touched); delay: a netem qdisc on the host's eth0 and on
+# its root-side veth.
+readonly TB_FAULT_TAG=kvmfleet-fault
+
+cmd_link_fault() {
+    local action="$1" host="${2:-}" value="${3:-}" i holder veth probability
+    require_root
+    i="$(host_index "${host}")" || die "link-${action}: HOST must be kvmhostN"
+    holder="$(resolve_ns "${host}")"
+    veth="$(host_veth "${i}")"
+    case "${action}" in
+        loss)
+            [[ "${value}" =~ ^[0-9]+$ && "${value}" -ge 1 && "${value}" -le 100 ]] \
+                || die "link-loss: PERCENT must be 1..100"
+            _link_clear "${holder}" "${veth}"
+            probability="$(awk -v p="${value}" 'BEGIN { printf "%.2f", p / 100 }')"
+            in_ns "${holder}" iptables -w -A INPUT -i eth0 -m statistic --mode random \
+                --probability "${probability}" -m comment --comment "${TB_FAULT_TAG}" -j DROP
+            in_ns "${holder}" iptables -w -A OUTPUT -o eth0 -m statistic --mode random \
+                --probability "${probability}" -m comment --comment "${TB_FAULT_TAG}" -j DROP
+            ok "${host}: ${value}% of packets dropped each way" ;;
+        delay)
+            [[ "${value}" =~ ^[0-9]+$ ]] || die "link-delay: MS must be a number"
+            _link_clear "${holder}" "${veth}"
+            if ! in_ns "${holder}" tc qdisc add dev eth0 root netem delay "${value}ms" 2>/dev/null; then
+                warn "${host}: the kernel has no netem qdisc (sch_netem): link-delay is not available here"
+                exit 4
+            fi
+            tc qdisc add dev "${veth}" root netem delay "${value}ms"
+            ok "${host}: ${value} ms added each way" ;;
+        clear)
+            _link_clear "${holder}" "${veth}"
+            ok "${host}: link faults cleared" ;;
+    esac
+}
+
+_link_clear() {
+    local holder="$1" veth="$2" rule
+    in_ns "${holder}" tc qdisc del dev eth0 root 2>/dev/null || true
+    tc qdisc del dev "${veth}" root 2>/dev/null || true
+    while rule="$(in_ns "${holder}" iptables -w -S 2>/dev/null | grep -m1 -- "${TB_FAULT_TAG}")"; do
+        # shellcheck disable=SC2086  # the rule's words, as iptables printed them
+        in_ns "${holder}" iptables -w ${rule/-A /-D } || break
+    done
+}
+
+# kvm-break stacks a driverless mode-000 node over /dev/kvm in the host's mount namespace
+# (as a host with KVM hidden has it); kvm-repair removes exactly that mount.
+cmd_kvm() {
+    local action="$1" host="${2:-}" holder marker=/run/kvmfleet/kvm-broken
+    require_root
+    host_index "${host}" >/dev/null || die "kvm-${action}: HOST must be kvmhostN"
+    holder="$(resolve_ns "${host}")"
+    if [[ "${action}" == break ]]; then
+        if ! in_ns "${holder}" test -e "${marker}"; then
+            in_ns "${holder}" mknod -m 0000 "${marker}" c 0 0
+            in_ns "${holder}" mount --bind "${marker}" /dev/kvm
+        fi
+        ok "${host}: /dev/kvm cannot be opened (QEMU of a KVM guest will not start)"
+    else
+        if in_ns "${holder}" test -e "${marker}"; then
+            in_ns "${holder}" umount /dev/kvm
+            in_ns "${holder}" rm -f "${marker}"
+        fi
+        ok "${host}: /dev/kvm is back"
+    fi
+}
+
+cmd_pool() {
+    local action="$1" host="${2:-}" dir="${3:-}" mib="${4:-}" holder
+    require_root
+    host_index "${host}" >/dev/null || die "pool-${action}: HOST must be kvmhostN"
+    [[ "${dir}" =~ ^/[A-Za-z0-9._/-]+$ && "${dir}" != *..* ]] || die "pool-${action}: DIR must be an absolute path"
+    holder="$(resolve_ns "${host}")"
+    case "${action}" in
+        small)
+            [[ "${mib}" =~ ^[0-9]+$ && "${mib}" -ge 1 ]] || die "pool-small: MIB must be a number"
+            in_ns "${holder}" mkdir -p "${dir}"
+            if in_ns "${holder}" mountpoint -q "${dir}"; then
+                in_ns "${holder}" mount -o "remount,size=${mib}m" "${dir}"
+            else
+                in_ns "${holder}" mount -t tmpfs -o "size=${mib}m,mode=0755" kvmfleet-small "${dir}"
+            fi
+            ok "${host}: ${dir} holds ${mib} MiB" ;;
+        fill)
+            in_ns "${holder}" sh -c 'dd if=/dev/zero of="$1/.kvmfleet-ballast" bs=1M status=none 2>/dev/null; sync; true' sh "${dir}"
+            ok "${host}: ${dir} is full ($(in_ns "${holder}" df -h --output=avail "${dir}" | tail -1 | tr -d ' ') left)" ;;
+        drain)
+            in_ns "${holder}" rm -f "${dir}/.kvmfleet-ballast"
+            ok "${host}: ${dir} ballast removed" ;;
+    esac
+}
+
 cmd_exec() {
     local holder
     require_root
@@ -460,6 +627,21 @@ main() {
         sshd-start) cmd_sshd start "$@" ;;
         link-down) cmd_link down "$@" ;;
         link-up) cmd_link up "$@" ;;
+        libvirtd-kill) cmd_libvirtd kill "$@" ;;
+        libvirtd-start) cmd_libvirtd start "$@" ;;
+        libvirtd-restart) cmd_libvirtd restart "$@" ;;
+        libvirtd-hang) cmd_libvirtd hang "$@" ;;
+        libvirtd-resume) cmd_libvirtd resume "$@" ;;
+        nfs-stop) cmd_nfs stop "$@" ;;
+        nfs-start) cmd_nfs start "$@" ;;
+        link-loss) cmd_link_fault loss "$@" ;;
+        link-delay) cmd_link_fault delay "$@" ;;
+        link-clear) cmd_link_fault clear "$@" ;;
+        kvm-break) cmd_kvm break "$@" ;;
+        kvm-repair) cmd_kvm repair "$@" ;;
+        pool-small) cmd_pool small "$@" ;;
+        pool-fill) cmd_pool fill "$@" ;;
+        pool-drain) cmd_pool drain "$@" ;;
         env) cmd_env "$@" ;;
         -h | --help | help) usage ;;
         '') usage; exit 2 ;;

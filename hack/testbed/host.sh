@@ -115,6 +115,14 @@ host_mounts() {
     install -d -m 0755 "${dir}/images"
     mkdir -p /var/lib/kvmfleet/images
     in_ns "${holder}" mount --bind "${dir}/images" /var/lib/kvmfleet/images
+    # root's shell start-up files of this machine (a developer's pyenv or conda init that
+    # takes seconds and global locks) are not a hypervisor's: bash reads ~/.bashrc for
+    # every command sshd runs. Each host sees empty ones.
+    : >"${dir}/empty-rc"
+    local rc
+    for rc in /root/.bashrc /root/.profile /root/.bash_profile /root/.bash_login; do
+        [[ -f "${rc}" ]] && in_ns "${holder}" mount --bind "${dir}/empty-rc" "${rc}"
+    done
     if [[ "${kvm}" == yes ]]; then
         host_kvm_device "${holder}"
     elif [[ -e /dev/kvm ]]; then

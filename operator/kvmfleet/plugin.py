@@ -1,5 +1,6 @@
-"""`kubectl kvm`: consoles, power, migration and lsvm of VirtualNodes (xCAT rcons, getrvidparms,
-rpower, rmigrate, lsvm) from the command line.
+"""`kubectl kvm`: consoles, power, migration, lsvm, capture and clone of VirtualNodes (xCAT
+rcons, getrvidparms, rpower, rmigrate, lsvm, clonevm) from the command line, and
+``force-remove`` for a VirtualNode stuck in Terminating.
 
 Installed as the ``kubectl-kvm`` console script, so kubectl finds it as the ``kvm`` plugin.
 kubectl hands its arguments over unchanged: ``--kubeconfig``, ``--context`` and
@@ -25,6 +26,7 @@ from typing import TextIO
 from kvmfleet import __version__
 from kvmfleet.errors import KvmfleetError, NotFoundError
 from kvmfleet.kube.objects import KubeObjects
+from kvmfleet.reconcile import cloning, forceremove
 from kvmfleet.reconcile.consoles import (
     Action,
     Fleet,
@@ -34,6 +36,7 @@ from kvmfleet.reconcile.consoles import (
     VncCredentials,
     WaitTimeoutError,
 )
+from kvmfleet.settings import Settings
 from kvmfleet.virt.console import BridgeEnd, ConsoleOutput
 
 EXIT_OK = 0
@@ -162,14 +165,33 @@ def parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser(
         "migrate",
         parents=[common],
-        help="set spec.hostRef to HOST (rmigrate; the move itself is planned)",
-        description="Set spec.hostRef to another KvmHost (rmigrate). Planned: the operator "
-        "does not move a placed VM yet, so --wait times out.",
+        help="move the VM to HOST (rmigrate): live if it runs, its definition if stopped",
+        description="Set spec.hostRef to another KvmHost (rmigrate). The operator checks the "
+        "target first (Ready, not in maintenance, room, bridges, shared NFS storage, CPU), "
+        "then live-migrates a running VM (or moves a stopped one's definition). --wait "
+        "prints status.migration as it changes and exits 1 when the move is refused or "
+        "fails (the VM then stays where it is).",
     )
     migrate.add_argument("vm", metavar="VM")
     migrate.add_argument("host", metavar="HOST")
     migrate.add_argument("--wait", action="store_true", help="wait until the VM runs on HOST")
     migrate.add_argument("--timeout", type=_positive, default=600.0, metavar="S", help="for --wait")
+
+    for verb, text in (
+        ("drain", "put HOST in maintenance: no new VMs; its movable VMs move to other hosts"),
+        ("uncordon", "end HOST's maintenance: it takes VMs again"),
+    ):
+        command = sub.add_parser(verb, parents=[common], help=text, description=text)
+        command.add_argument("host", metavar="HOST")
+        if verb == "drain":
+            command.add_argument(
+                "--wait",
+                action="store_true",
+                help="wait until every VM left on HOST is moved or says why it does not move",
+            )
+            command.add_argument(
+                "--timeout", type=_positive, default=600.0, metavar="S", help="for --wait"
+            )
 
     lsvm = sub.add_parser(
         "lsvm",
@@ -178,6 +200,48 @@ def parser() -> argparse.ArgumentParser:
         description="List the domains on a KvmHost and the VirtualNodes placed on it.",
     )
     lsvm.add_argument("host", metavar="HOST")
+
+    capture = sub.add_parser(
+        "capture",
+        parents=[common],
+        help="capture VM into a VmMaster (clonevm VM -t MASTER [-d])",
+        description="Write a VmMaster capturing VM (powered off) into MASTER. Attached "
+        "(default): VM's disk becomes an overlay of the master; --detached leaves VM as is.",
+    )
+    capture.add_argument("vm", metavar="VM")
+    capture.add_argument("master", metavar="MASTER")
+    capture.add_argument("--detached", action="store_true", help="clonevm -d")
+    capture.add_argument("--storage", metavar="URL", help="dir:// or nfs:// storage of the master")
+    clone = sub.add_parser(
+        "clone",
+        parents=[common],
+        help="a VirtualNode cloned from a VmMaster (clonevm VM -b MASTER [-d])",
+        description="Write VirtualNode VM cloned from MASTER: its disks (attached overlays, or "
+        "full copies with --detached), NICs (new MACs), os/arch/profile.",
+    )
+    clone.add_argument("master", metavar="MASTER")
+    clone.add_argument("vm", metavar="VM")
+    clone.add_argument("--detached", action="store_true", help="clonevm -d: full copies")
+    clone.add_argument("--host", metavar="HOST", help="spec.hostRef (default: scheduled)")
+    force = sub.add_parser(
+        "force-remove",
+        parents=[common],
+        help="let a VirtualNode stuck in Terminating go (removes kvmfleet's finalizer)",
+        description="Print what will be left on which host (the libvirt domain, every disk "
+        "image and its owner record: nothing is deleted there), ask, then remove kvmfleet's "
+        "finalizer of a VirtualNode that is being deleted. Use it when the operator cannot "
+        "finish the removal (DeletionBlocked, a host gone for good); see docs/operations.md, "
+        "KvmfleetObjectStuckTerminating.",
+    )
+    force.add_argument("vm", metavar="VM")
+    force.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    force.add_argument(
+        "--mount-root",
+        default=Settings().mount_root,
+        metavar="DIR",
+        help="the operator's KVMFLEET_MOUNT_ROOT, where NFS pools are mounted "
+        "(default %(default)s)",
+    )
 
     sub.add_parser("version", parents=[common], help="print the version")
     return main
@@ -287,7 +351,12 @@ def _power(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> 
 
 def _migrate(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> int:
     result = fleet.migrate(
-        _namespace(args, fleet), args.vm, args.host, wait=args.wait, timeout=args.timeout
+        _namespace(args, fleet),
+        args.vm,
+        args.host,
+        wait=args.wait,
+        timeout=args.timeout,
+        progress=lambda line: print(f"{args.vm}: {line}", file=err, flush=True),
     )
     if not result.requested:
         out.write(f"{args.vm}: already on {args.host}\n")
@@ -297,6 +366,25 @@ def _migrate(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -
         out.write(f"{args.vm}: not placed yet; it will be placed on {args.host}\n")
     else:
         out.write(f"{args.vm}: migration {result.source} -> {args.host} requested\n")
+    return EXIT_OK
+
+
+def _maintenance(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> int:
+    drain = args.command == "drain"
+    result = fleet.set_maintenance(
+        args.host, drain, wait=getattr(args, "wait", False), timeout=getattr(args, "timeout", 0)
+    )
+    if not drain:
+        out.write(f"{args.host}: maintenance off, takes VMs again\n")
+        return EXIT_OK
+    out.write(f"{args.host}: in maintenance\n")
+    for stuck in result.left:
+        out.write(f"  {stuck.name}: {stuck.reason}: {stuck.message}\n")
+    if getattr(args, "wait", False):
+        if result.left:
+            out.write(f"{args.host}: {len(result.left)} VM(s) stay (listed above)\n")
+        else:
+            out.write(f"{args.host}: drained, no VM left\n")
     return EXIT_OK
 
 
@@ -330,11 +418,72 @@ def _lsvm(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> i
     return EXIT_OK
 
 
+def _capture(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> int:
+    written = cloning.capture(
+        fleet.kube,
+        _namespace(args, fleet),
+        args.vm,
+        args.master,
+        detached=args.detached,
+        storage=args.storage,
+    )
+    out.write(f"vmmaster/{written.name} created (capturing {args.vm})\n")
+    if written.note:
+        err.write(f"note: {written.note}\n")
+    return EXIT_OK
+
+
+def _clone(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> int:
+    written = cloning.clone(
+        fleet.kube,
+        _namespace(args, fleet),
+        args.master,
+        args.vm,
+        detached=args.detached,
+        host=args.host,
+    )
+    out.write(f"virtualnode/{written.name} created (clone of {args.master})\n")
+    return EXIT_OK
+
+
+def _force_remove(args: argparse.Namespace, fleet: Fleet, out: TextIO, err: TextIO) -> int:
+    namespace = _namespace(args, fleet)
+    left = forceremove.leftovers(fleet.kube, namespace, args.vm, args.mount_root)
+    if not left.deleting:
+        err.write(
+            f"error: VirtualNode {namespace}/{args.vm} is not being deleted; delete it first "
+            f"(kubectl delete vn {args.vm} -n {namespace}) and let the operator try\n"
+        )
+        return EXIT_NOT_READY
+    if not left.ours:
+        out.write(f"{args.vm}: kvmfleet's finalizer is already gone\n")
+        return EXIT_OK
+    out.write(forceremove.describe(left))
+    if not args.yes:
+        stdin = sys.stdin
+        if not stdin.isatty():
+            err.write("error: not a terminal: confirm with --yes\n")
+            return EXIT_NOT_READY
+        out.write(f"Remove kvmfleet's finalizer of {namespace}/{args.vm}? [y/N] ")
+        out.flush()
+        if stdin.readline().strip().lower() not in ("y", "yes"):
+            out.write("nothing changed\n")
+            return EXIT_FAILED
+    forceremove.release(fleet.kube, left)
+    out.write(f"{args.vm}: finalizer removed; what is listed above stays on the host\n")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Fleet, TextIO, TextIO], int]] = {
+    "force-remove": _force_remove,
     "console": _console,
     "vnc": _vnc,
     "migrate": _migrate,
+    "drain": _maintenance,
+    "uncordon": _maintenance,
     "lsvm": _lsvm,
+    "capture": _capture,
+    "clone": _clone,
     **{name: _power for name in POWER_ACTIONS},
 }
 

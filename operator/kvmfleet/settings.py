@@ -47,6 +47,10 @@ class Settings:
     secret_cache_seconds: float = 60.0
     """Seconds an SSH key read from its Secret is reused before it is read again."""
 
+    vm_stats_interval: float = 30.0
+    """Seconds between two reads of a host's per-VM statistics (CPU, memory, disk and
+    network counters; one libvirt call per host); 0 turns them off."""
+
     ssh_connect_timeout: float = 10.0
     """Seconds to wait for an SSH connection to a host."""
 
@@ -101,6 +105,16 @@ class Settings:
 
     libvirt_call_timeout: float = 120.0
     """Deadline of one blocking libvirt call (the caller stops waiting; temporary)."""
+
+    migration_timeout: float = 300.0
+    """Deadline of one live migration (seconds): past it the job is aborted
+    (virDomainAbortJob) and the VM keeps running on its source host."""
+
+    migration_bandwidth_mib: int = 0
+    """Bandwidth cap of a live migration in MiB/s (0: libvirt's default, no cap)."""
+
+    migrations_per_host: int = 2
+    """Migrations a host takes part in at once (as source or target); more wait (Queued)."""
 
     kube_request_timeout: float = 30.0
     """Deadline of one Kubernetes API request made by kvmfleet's own client."""

@@ -54,7 +54,8 @@ def cluster() -> Iterator[Kubectl]:
 def operator(cluster: Kubectl) -> Iterator[OperatorProcess]:
     """The operator, running for the whole session against the real API server.
 
-    Hosts are probed and VMs synced every 3 s (60 s and 30 s by default), and a deletion
+    Hosts are probed and VMs synced every 3 s (60 s and 30 s by default), per-VM statistics
+    read every 2 s (30 s by default), and a deletion
     waits 20 s for an unreachable host (300 s by default), so tests see changes quickly.
     Its log stays in .run/logs/operator-tests.log.
     """
@@ -66,6 +67,7 @@ def operator(cluster: Kubectl) -> Iterator[OperatorProcess]:
             "KVMFLEET_VM_SYNC_INTERVAL": "3",
             "KVMFLEET_DELETE_HOST_UNREACHABLE_TIMEOUT": "20",
             "KVMFLEET_SSH_COMMAND_TIMEOUT": "20",
+            "KVMFLEET_VM_STATS_INTERVAL": "2",
         },
     )
     proc.start()

@@ -67,6 +67,15 @@ def ns_b(cluster: Kubectl) -> Iterator[str]:
     yield from _namespace(cluster)
 
 
+EXCHANGE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+if libc.renameat2(AT_FDCWD, sys.argv[1].encode(), AT_FDCWD, sys.argv[2].encode(), RENAME_EXCHANGE):
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+"""
+
+
 def test_corrupt_header_or_directory_in_place_of_an_image_is_never_replaced(
     cluster: Kubectl, hosts: list[str], ns: str
 ) -> None:
@@ -83,15 +92,19 @@ def test_corrupt_header_or_directory_in_place_of_an_image_is_never_replaced(
     owner = json.loads(on_host("kvmhost1", "cat", f"{hda}.owner.json").stdout)
     assert owner["namespace"] == ns and owner["name"] == name
     # Garbage over the qcow2 header of hda; hdb replaced by a directory holding a file.
+    # The operator passes every few seconds: hdb is swapped for the directory in one
+    # rename (RENAME_EXCHANGE), so no pass sees it missing (which would rightly create it).
     on_host("kvmhost1", "dd", "if=/dev/urandom", f"of={hda}", "bs=512", "count=1", "conv=notrunc")
-    on_host("kvmhost1", "rm", "-f", hdb)
-    on_host("kvmhost1", "mkdir", hdb)
-    on_host("kvmhost1", "touch", f"{hdb}/keep")
+    on_host("kvmhost1", "mkdir", f"{hdb}.swap")
+    on_host("kvmhost1", "touch", f"{hdb}.swap/keep")
+    on_host("kvmhost1", "python3", "-c", EXCHANGE, f"{hdb}.swap", hdb)
+    on_host("kvmhost1", "rm", "-f", f"{hdb}.swap")
     before = sha256("kvmhost1", hda)
     poke(cluster, ns, name)
     obj = cluster.wait_for(
         lambda o: (
-            "hdb" in condition(o, "DisksReady").get("message", "")
+            "disk hda" in condition(o, "DisksReady").get("message", "")
+            and "is a directory" in condition(o, "DisksReady").get("message", "")
             and is_("DisksReady", "False", "DiskUnreadable")(o)
         ),
         "vn",

@@ -262,8 +262,8 @@ def test_vmmaster_health(
 
     cluster.apply(master)
     obj = cluster.wait_for(
-        reason_is("Ready", "False", "NotImplemented"), "vmm", name, "-n", ns, timeout=60
+        reason_is("Ready", "False", "SourceNotFound"), "vmm", name, "-n", ns, timeout=60
     )
     assert condition(obj, "Stalled")["status"] == "True"
-    assert "not implemented" in condition(obj, "Stalled")["message"]
-    check(captured, "VmMaster", "degraded_not_implemented", obj, "Degraded")
+    assert "does not exist" in condition(obj, "Stalled")["message"]
+    check(captured, "VmMaster", "degraded_source_not_found", obj, "Degraded")

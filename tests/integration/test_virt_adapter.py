@@ -9,6 +9,7 @@ unless ``KVMFLEET_NO_TESTBED=1`` is set: then they are skipped.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from kvmfleet.virt.connection import LibvirtConnection, LibvirtPool, open_connec
 from kvmfleet.virt.errors import LibvirtHostKeyError, OperationInvalidError
 from kvmfleet.virt.guest import Guests, PowerState
 from kvmfleet.virt.host import Host, NfsMountUnsupportedError
+from kvmfleet.virt.stats import all_domain_stats
 from support.testbed import current_virtualization, libvirt_target, on_host, other_host
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(300)]
@@ -207,3 +209,37 @@ def test_domain_lifecycle(libvirt_host: LibvirtConnection) -> None:
         if guests.exists(name):
             guests.destroy(name)
             guests.undefine(name)
+
+
+def test_bulk_domain_statistics_of_a_running_guest(
+    hosts: list[TestbedHost], pool: LibvirtPool
+) -> None:
+    """One getAllDomainStats call returns the running guest's CPU time (growing), its
+    memory, and nothing for a defined guest that is off."""
+    connection = pool.connection(libvirt_target(hosts[0]))
+    guests = Guests(connection)
+    name = f"kvmfleet-test-{uuid.uuid4().hex[:8]}"
+    off = f"kvmfleet-test-{uuid.uuid4().hex[:8]}"
+    try:
+        guests.define(tiny_domain(name, str(uuid.uuid4())))
+        guests.define(tiny_domain(off, str(uuid.uuid4())))
+        guests.start(name)
+        first = {d.name: d for d in all_domain_stats(connection)}
+        assert off not in first
+        stats = first[name]
+        assert stats.cpu_seconds is not None and stats.cpu_seconds > 0
+        assert stats.memory_domain_bytes == 64 * 1024**2
+        assert stats.memory_resident_bytes and stats.memory_resident_bytes > 0
+        deadline = time.monotonic() + 30
+        while True:
+            again = {d.name: d for d in all_domain_stats(connection)}[name]
+            assert again.cpu_seconds is not None
+            if again.cpu_seconds > stats.cpu_seconds:
+                break
+            assert time.monotonic() < deadline, "the guest's CPU time did not grow"
+            time.sleep(1)
+    finally:
+        for domain in (name, off):
+            if guests.exists(domain):
+                guests.destroy(domain)
+                guests.undefine(domain)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
-from support.objects import condition, events, is_, vm
+from support.objects import condition, events, is_, vm, wait_until
 from support.testbed import RUN_DIR, host_manifests, on_host, run_testbed
 from support.vnc import vnc_password_accepted
 
@@ -86,13 +86,6 @@ def annotate(cluster: Kubectl, namespace: str, name: str, action: str) -> str:
         f"kvmfleet.io/{action}-requested-at={stamp}",
     )
     return stamp
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

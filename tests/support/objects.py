@@ -57,3 +57,13 @@ def gone(cluster: Kubectl, namespace: str, name: str, timeout: float = 120) -> N
     while cluster.run("get", "vn", name, "-n", namespace, check=False).returncode == 0:
         assert time.monotonic() < deadline, f"{namespace}/{name} was not deleted"
         time.sleep(1)
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0
+) -> None:
+    """Poll predicate() until it is truthy; fail after timeout seconds naming what."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(interval)

@@ -106,6 +106,11 @@ class FakeKube:
         self.nodes[(namespace, name)]["spec"].update(spec)
         return self.get_virtualnode(namespace, name)
 
+    def patch_kvmhost_spec(self, name, spec) -> dict[str, Any]:
+        self.patches.append(("kvmhost", "", name, dict(spec)))
+        self.hosts[name]["spec"].update(spec)
+        return self.get_kvmhost(name)
+
     def read_secret(self, namespace: str, name: str) -> SecretData:
         if (namespace, name) not in self.secrets:
             raise NotFoundError(f"reading Secret {namespace}/{name}: 404 Not Found")
@@ -553,41 +558,130 @@ def test_migrate_waits_until_the_vm_runs_on_the_target(fleet, kube) -> None:
         node = api.node()
         if node["spec"].get("hostRef") != "kvmhost2":
             return
+        moving = {"source": "kvmhost1", "target": "kvmhost2"}
         if reads == 3:
-            node["status"].update(phase="Migrating")
-        if reads == 6:
-            node["status"].update(host="kvmhost2", phase="Running")
+            node["status"]["migration"] = {**moving, "phase": "Running"}
+        if reads == 5:  # status.host is written before the outcome
+            node["status"].update(host="kvmhost2")
+        if reads == 7:
+            node["status"]["migration"] = {**moving, "phase": "Succeeded", "message": "moved"}
 
     kube.hook = operator
-    result = fleet.migrate("default", "vm1", "kvmhost2", wait=True, timeout=60)
+    lines: list[str] = []
+    result = fleet.migrate(
+        "default", "vm1", "kvmhost2", wait=True, timeout=60, progress=lines.append
+    )
     assert result.finished
+    assert kube.reads >= 7
+    assert lines == ["Running: kvmhost1 -> kvmhost2", "Succeeded: kvmhost1 -> kvmhost2 (moved)"]
 
 
 def test_a_failed_migration_ends_the_wait_with_its_message(fleet, kube) -> None:
     def operator(api: FakeKube, reads: int) -> None:
         node = api.node()
-        if node["spec"].get("hostRef") == "kvmhost2" and reads >= 3:
+        if node["spec"].get("hostRef") == "kvmhost2" and reads >= 6:
             node["status"]["migration"] = {
-                "sourceHost": "kvmhost1",
-                "targetHost": "kvmhost2",
+                "source": "kvmhost1",
+                "target": "kvmhost2",
                 "phase": "Failed",
-                "startedAt": "2025-03-01T12:00:00Z",
+                "startTime": "2025-03-01T12:00:00Z",
+                "endTime": "2025-03-01T12:00:05Z",
                 "message": "Migration without shared storage is unsafe",
+            }
+        elif node["spec"].get("hostRef") == "kvmhost2":
+            node["status"]["migration"] = {
+                "source": "kvmhost1",
+                "target": "kvmhost2",
+                "phase": "Running",
+                "dataTotal": 512 * 2**20,
+                "dataRemaining": 100 * 2**20,
             }
 
     kube.hook = operator
+    lines: list[str] = []
     with pytest.raises(ActionFailedError, match="shared storage is unsafe"):
+        fleet.migrate("default", "vm1", "kvmhost2", wait=True, timeout=60, progress=lines.append)
+    assert lines[0] == "Running: kvmhost1 -> kvmhost2, 100 of 512 MiB left"
+    assert lines[-1].startswith("Failed: kvmhost1 -> kvmhost2 (Migration without shared")
+
+
+def test_a_refused_migration_ends_the_wait(fleet, kube) -> None:
+    def operator(api: FakeKube, reads: int) -> None:
+        node = api.node()
+        if node["spec"].get("hostRef") == "kvmhost2":
+            node["status"]["migration"] = {
+                "source": "kvmhost1",
+                "target": "kvmhost2",
+                "phase": "Refused",
+                "endTime": "2025-03-01T12:00:05Z",
+                "message": "disk 0: dir:///var/lib/kvmfleet/images is a directory",
+            }
+
+    kube.hook = operator
+    with pytest.raises(ActionFailedError, match=r"\(Refused\): disk 0: dir://"):
         fleet.migrate("default", "vm1", "kvmhost2", wait=True, timeout=60)
 
 
 def test_an_old_failed_migration_does_not_count(fleet, kube, clock) -> None:
     kube.node()["status"]["migration"] = {
-        "targetHost": "kvmhost2",
+        "target": "kvmhost2",
         "phase": "Failed",
-        "startedAt": "2025-02-01T00:00:00Z",
+        "endTime": "2025-02-01T00:00:00Z",
     }
     with pytest.raises(WaitTimeoutError):
         fleet.migrate("default", "vm1", "kvmhost2", wait=True, timeout=3)
+
+
+# ------------------------------------------------------------------ drain / uncordon
+
+
+def _second_vm(kube: FakeKube, name: str, **spec: Any) -> dict[str, Any]:
+    node = copy.deepcopy(kube.node())
+    node["metadata"]["name"] = name
+    node["spec"] = dict(spec)
+    kube.nodes[("default", name)] = node
+    return node
+
+
+def test_drain_sets_maintenance_and_waits_for_the_movable_vms(fleet, kube) -> None:
+    _second_vm(kube, "pinned", hostRef="kvmhost1")
+    refused = _second_vm(kube, "local")
+    refused["status"]["conditions"] = [
+        {"type": "Migration", "status": "False", "reason": "StorageNotShared", "message": "dir"}
+    ]
+
+    def operator(api: FakeKube, reads: int) -> None:
+        pass
+
+    moved = {"n": 0}
+
+    def list_nodes(**kwargs: Any) -> list[dict[str, Any]]:
+        moved["n"] += 1
+        if moved["n"] == 3:  # vm1 moved away
+            kube.node()["status"]["host"] = "kvmhost2"
+            kube.node()["metadata"]["labels"]["kvmfleet.io/host"] = "kvmhost2"
+        return FakeKube.list_virtualnodes(kube, **kwargs)
+
+    kube.list_virtualnodes = list_nodes  # type: ignore[method-assign]
+    result = fleet.set_maintenance("kvmhost1", True, wait=True, timeout=60)
+    assert kube.hosts["kvmhost1"]["spec"]["maintenance"] is True
+    assert {(s.name, s.reason) for s in result.left} == {
+        ("default/pinned", "PinnedByHostRef"),
+        ("default/local", "StorageNotShared"),
+    }
+    assert moved["n"] >= 3
+
+
+def test_drain_times_out_while_a_vm_still_moves(fleet, kube) -> None:
+    with pytest.raises(WaitTimeoutError, match="still moving: default/vm1"):
+        fleet.set_maintenance("kvmhost1", True, wait=True, timeout=3)
+
+
+def test_uncordon_clears_maintenance(fleet, kube) -> None:
+    kube.hosts["kvmhost1"]["spec"]["maintenance"] = True
+    result = fleet.set_maintenance("kvmhost1", False)
+    assert kube.hosts["kvmhost1"]["spec"]["maintenance"] is False
+    assert not result.maintenance
 
 
 # ------------------------------------------------------------------ lsvm

@@ -926,7 +926,8 @@ CONTRACT = {
         "status.console.vnc": {"host", "port", "passwordSecretRef", "expiresAt"},
         "status.console.vnc.passwordSecretRef": {"name", "key"},
         "status.migration": {
-            "sourceHost", "targetHost", "phase", "startedAt", "finishedAt", "message",
+            "phase", "kind", "source", "target", "startTime", "endTime", "dataTotal",
+            "dataRemaining", "attempts", "message",
         },
         "status.lastActions": {"start", "stop", "reboot", "reset", "consoleCredentials"},
     },
@@ -935,9 +936,12 @@ CONTRACT = {
         "status": {
             "observedGeneration", "conditions", "phase", "os", "arch", "profile", "nics",
             "storage", "vintage", "originator", "disks", "clones", "kopf",
+            "host", "sourceNode", "mode", "dependants",
         },
         "status.nics[]": {"bridge", "model", "mac"},
-        "status.disks[]": {"name", "path", "virtualSizeBytes", "actualSizeBytes"},
+        "status.disks[]": {
+            "name", "url", "path", "format", "virtualSizeBytes", "actualSizeBytes",
+        },
     },
 }  # fmt: skip
 

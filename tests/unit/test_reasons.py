@@ -21,6 +21,7 @@ import pytest
 
 import kvmfleet
 from kvmfleet.domain import conditions as cond
+from kvmfleet.domain import vmmaster
 from kvmfleet.domain.placement import HostRejection, PlacementReason
 from kvmfleet.domain.reasons import HOST_CONDITION_TYPES, REASONS, Progress
 from kvmfleet.errors import KvmfleetError, PermanentError, TemporaryError
@@ -73,9 +74,36 @@ def _host_condition_events() -> set[str]:
     return set(HOST_CONDITIONS) | {f"{t}{s}" for t in HOST_CONDITIONS for s in ("False", "Unknown")}
 
 
+def _migration_refusals() -> set[str]:
+    from kvmfleet.domain import migration
+
+    return {
+        *(f"Target{r}" for r in HostRejection),
+        migration.STORAGE_NOT_SHARED,
+        migration.CPU_INCOMPATIBLE,
+        migration.VIRT_TYPE_MISMATCH,
+        "HostNotFound",
+        "TargetNotReady",
+    }
+
+
 # Computed reason expressions (as ast.unparse spells them) -> what they can be. A value of
 # None: the reason passes through from elsewhere (an error's reason, a condition already
 # built), whose sources are collected on their own.
+VMMASTER_REASONS = (
+    "CAPTURED",
+    "CAPTURING",
+    "SOURCE_NOT_FOUND",
+    "SOURCE_NOT_PLACED",
+    "SOURCE_RUNNING",
+    "CAPTURE_FAILED",
+    "DEPENDANTS_EXIST",
+    "WAITING_FOR_MASTER",
+    "MASTER_UNREACHABLE",
+    "MASTER_DISK_MISSING",
+)
+"""Reasons of kvmfleet.domain.vmmaster, named by their constants in the code."""
+
 DYNAMIC: dict[str, Callable[[], set[str]] | None] = {
     "error.reason": None,
     "event.reason": None,
@@ -93,16 +121,24 @@ DYNAMIC: dict[str, Callable[[], set[str]] | None] = {
     "f'Host{rejected.code}'": lambda: {f"Host{r}" for r in HostRejection},
     "DISK_IN_USE_ELSEWHERE": lambda: {_disk_reasons()["DISK_IN_USE_ELSEWHERE"]},
     "DELETION_BLOCKED": lambda: {"DeletionBlocked"},
+    "START_FAILED": lambda: {"StartFailed"},
     "disks.problems[0].reason": lambda: {*_disk_reasons().values(), "DiskProblem"},
     "verdict.reason": lambda: set(_disk_reasons().values()),
+    "refusals[0].reason": _migration_refusals,
+    "f'{TARGET_PREFIX}{rejected.code}'": lambda: {f"Target{r}" for r in HostRejection},
+    **{name: (lambda n=name: {getattr(vmmaster, n)}) for name in VMMASTER_REASONS},
 }
 DYNAMIC_EVENTS: dict[str, Callable[[], set[str]] | None] = {
     "DISK_IN_USE_ELSEWHERE": lambda: {_disk_reasons()["DISK_IN_USE_ELSEWHERE"]},
     "DELETION_BLOCKED": lambda: {"DeletionBlocked"},
+    "START_FAILED": lambda: {"StartFailed"},
     "NOT_ALLOWED": lambda: {_authorization_reason()},
     "error.reason": None,  # a PermanentError's reason: in the table
+    **{name: (lambda n=name: {getattr(vmmaster, n)}) for name in VMMASTER_REASONS},
     "new.type": _host_condition_events,
     "f'{new.type}{new.status}'": _host_condition_events,
+    "refusals[0].reason": _migration_refusals,
+    "reason": lambda: {"MigrationFailed", "MigrationTimedOut"},  # vmmigrate._failed
 }
 
 
@@ -177,7 +213,7 @@ def event_reasons() -> dict[str, str]:
 def test_collection_finds_the_known_ones() -> None:
     """The collector must be able to fail: it sees literal, class and computed reasons."""
     found = condition_reasons()
-    for reason in ("HostUnavailable", "DiskProblem", "HostKeyMismatch", "NotImplemented"):
+    for reason in ("HostUnavailable", "DiskProblem", "HostKeyMismatch", "SourceRunning"):
         assert reason in found
     assert {"BridgesReadyFalse", "HostMissingBridge", "Starting", "NoReadyHost"} <= set(found)
     events = event_reasons()

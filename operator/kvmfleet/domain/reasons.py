@@ -76,6 +76,7 @@ _TABLE: dict[str, Progress] = {
     "Starting": _RETRY,  # VirtualNode: powering on / a transition in progress
     "NotRunning": _RETRY,  # VirtualNode Running=False (Ready follows runStrategy)
     "HostUnavailable": _RETRY,  # the VM's host does not answer: nothing is changed
+    "StartFailed": _RETRY,  # QEMU did not start (libvirt's message); retried with a backoff
     "HostUnreachable": _RETRY,
     "CommandTimeout": _RETRY,
     "CommandFailed": _RETRY,
@@ -140,7 +141,6 @@ _TABLE: dict[str, Progress] = {
     "NoSuchConsole": _STALL,
     "ActionRefused": _STALL,
     "ActionFailed": _STALL,
-    "NotImplemented": _STALL,  # VmMaster: capture is planned, not built
     "CpuNotSupported": _STALL,  # the spec.cpu asked for does not start on the host
     "GuestsDoNotStart": _STALL,  # VirtualizationCapable=False: no trial guest starts
     "CallTimeout": _RETRY,  # a blocking call did not return in time (hung host or API)
@@ -184,6 +184,40 @@ _TABLE: dict[str, Progress] = {
     "DiskInUseElsewhere": _RETRY,  # another host runs the image; starts once it is gone
     "ShrinkRefused": _STALL,
     "DeletionBlocked": _STALL,  # fix the cause, or set kvmfleet.io/orphan
+    # Moving a VM to another host (Migration condition; the VM stays where it is until it
+    # moved). Waiting for a host to change is retried; what a person must change is not.
+    "Migrated": _DONE,  # the last move succeeded
+    "NotRequested": _DONE,  # no move is asked for (an earlier refusal no longer holds)
+    "MigrationQueued": _RETRY,  # waiting for a migration slot (migrations_per_host)
+    "MigrationFailed": _RETRY,  # libvirt's job failed; the VM runs on the source; retried
+    "MigrationTimedOut": _RETRY,  # aborted at migration_timeout; retried
+    "MigrationBlocked": _RETRY,  # a host of the move did not answer
+    "MigrationInterrupted": _RETRY,  # the operator stopped during a move; the source runs it
+    "MigrationUndecided": _STALL,  # the VM is active on both hosts: a person decides
+    "NoMigrationTarget": _RETRY,  # drain: no other host can take the VM now
+    "TargetNotReady": _RETRY,
+    "TargetInMaintenance": _RETRY,
+    "TargetNamespaceNotAllowed": _STALL,
+    "TargetNotAllowed": _STALL,
+    "TargetMissingBridge": _STALL,
+    "TargetMissingStorage": _STALL,
+    "TargetInsufficientStorage": _RETRY,
+    "TargetInsufficientCPU": _RETRY,
+    "TargetInsufficientMemory": _RETRY,
+    "TargetInsufficientCPUAndMemory": _RETRY,
+    "StorageNotShared": _STALL,  # a disk is not on NFS both hosts reach the same way
+    "CpuIncompatible": _STALL,  # the guest CPU does not run on the target
+    "VirtTypeMismatch": _STALL,  # a KVM guest cannot move to an emulated (TCG) host
+    # VmMaster capture and clones (domain/vmmaster.py).
+    "Captured": _DONE,  # VmMaster Ready: the master images are complete and verified
+    "SourceNotFound": _STALL,  # the sourceNode VirtualNode does not exist
+    "SourceNotPlaced": _RETRY,  # the source VirtualNode has no host yet
+    "SourceRunning": _STALL,  # power the source off (runStrategy Halted) to capture it
+    "CaptureFailed": _STALL,  # qemu-img failed or a copy did not verify; retried
+    "DependantsExist": _RETRY,  # deletion waits for the clones to go; completes by itself
+    "WaitingForMaster": _RETRY,  # a clone's VmMaster is not captured yet
+    "MasterUnreachable": _STALL,  # the clone's host cannot reach the master's storage
+    "MasterDiskMissing": _STALL,  # a clone disk neither in the master nor sized, or shrunk
     **_HOST_SUMMARY,
 }
 

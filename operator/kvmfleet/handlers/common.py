@@ -39,8 +39,13 @@ async def run(
     patch: kopf.Patch,
     logger: kopf.Logger,
     usecase: Callable[[], Awaitable[Outcome]],
+    *,
+    removing: bool = False,
 ) -> None:
-    """Run one use-case and apply what it produced; requeue through kopf.TemporaryError."""
+    """Run one use-case and apply what it produced; requeue through kopf.TemporaryError.
+
+    ``removing``: the use-case is the object's deletion; once it is done (no requeue) the
+    object's metric series are dropped with its finalizer."""
     started = time.monotonic()
     ctx = _context(body)
     key = f"{kind}/{body.metadata.namespace or ''}/{body.metadata.name}"
@@ -58,12 +63,19 @@ async def run(
         CURRENT_HOST.reset(host)
         if ctx is not None:
             ctx.activity.touch(key)
-        metrics.RECONCILE_DURATION.labels(kind).observe(time.monotonic() - started)
-    if ctx is not None and result == "success" and body.metadata.get("deletionTimestamp"):
+    deleted_at = body.metadata.get("deletionTimestamp")
+    if ctx is not None and result == "success" and deleted_at:
         ctx.activity.forget(key)  # removed: the finalizer goes with this patch
     if outcome.conditions or outcome.status or outcome.events or result != "success":
-        metrics.RECONCILE_TOTAL.labels(kind, result).inc()  # not the timer ticks that did nothing
+        # Not the timer ticks that did nothing: they would drown the passes that did work.
+        metrics.RECONCILE_DURATION.labels(kind).observe(time.monotonic() - started)
+        metrics.RECONCILE_TOTAL.labels(kind, result).inc()
     apply(kind, body, patch, outcome, logger)
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    if removing and result == "success" and outcome.requeue_after is None:
+        metrics.forget(kind, namespace, name)  # gone with this patch: its series go too
+    elif deleted_at and (since := cond.parse_rfc3339(deleted_at)) is not None:
+        metrics.TERMINATING.set(kind, namespace, name, since.timestamp())
     if outcome.requeue_after is not None:
         raise kopf.TemporaryError(
             outcome.retry_message or "still reconciling", delay=outcome.requeue_after
@@ -151,6 +163,15 @@ def apply(
         log = logger.warning if event.type == "Warning" else logger.info
         # k8s_skip: this line must never become a second ("Logging") Event of the same news.
         log("%s: %s", event.reason, event.message, extra={"k8s_skip": True})
-    metrics.set_ready(
-        kind, body.metadata.namespace or "", body.metadata.name or "", is_ready(status, changes)
-    )
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    ready = is_ready(status, changes)
+    metrics.set_ready(kind, namespace, name, ready)
+    if kind == "VirtualNode":
+        created = cond.parse_rfc3339(body.metadata.get("creationTimestamp"))
+        metrics.PROVISIONING.observe(
+            namespace,
+            name,
+            defined=bool(status.get("domainUUID")),
+            ready=ready,
+            age=(datetime.now(UTC) - created).total_seconds() if created else None,
+        )

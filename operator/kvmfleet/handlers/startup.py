@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
 from kvmfleet import __version__, metrics
+from kvmfleet.reconcile import vmstats
 from kvmfleet.reconcile.context import Context
 from kvmfleet.settings import FINALIZER, Settings
 
@@ -16,7 +18,8 @@ from kvmfleet.settings import FINALIZER, Settings
 async def configure(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    """Apply kvmfleet's Kopf settings, build the shared Context, start the /metrics endpoint."""
+    """Apply kvmfleet's Kopf settings, build the shared Context, start the /metrics endpoint
+    and the per-VM statistics reader."""
     if "ctx" not in memo:
         memo["ctx"] = Context.create(Settings.from_env())
     ctx: Context = memo["ctx"]
@@ -38,6 +41,8 @@ async def configure(
     settings.execution.max_workers = config.max_workers
     settings.peering.standalone = True
     metrics.serve(config.metrics_port, config.bind_address)
+    if config.vm_stats_interval > 0 and "vmstats" not in memo:
+        memo["vmstats"] = asyncio.get_running_loop().create_task(vmstats.poll(ctx))
     logger.info(
         "kvmfleet %s started (namespaces: %s, metrics :%s, health :%s)",
         __version__,
@@ -50,6 +55,8 @@ async def configure(
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Release connections and threads."""
+    if "vmstats" in memo:
+        memo["vmstats"].cancel()
     if "ctx" in memo:
         await memo["ctx"].close()
     logger.info("kvmfleet stopped")

@@ -60,4 +60,6 @@ async def remove(
     """Shut down, undefine and (by reclaimPolicy) delete the disks (`rmvm`)."""
     ctx = indexes.bind(memo, kwargs)
     resource = Resource.from_body(body)
-    await common.run(KIND, body, patch, logger, lambda: virtualnodes.remove(ctx, resource))
+    await common.run(
+        KIND, body, patch, logger, lambda: virtualnodes.remove(ctx, resource), removing=True
+    )

@@ -28,6 +28,16 @@ async def reconcile(
     await common.run(KIND, body, patch, logger, lambda: vmmasters.reconcile(ctx, resource))
 
 
+@kopf.timer(*RESOURCE, interval=10.0, initial_delay=10.0)
+async def sync(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Keep the clone count and the dependants true (they change with other objects)."""
+    ctx: Context = memo["ctx"]
+    resource = Resource.from_body(body)
+    await common.run(KIND, body, patch, logger, lambda: vmmasters.sync(ctx, resource))
+
+
 @kopf.on.delete(*RESOURCE)
 async def remove(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
@@ -35,4 +45,6 @@ async def remove(
     """Delete the master image once no VirtualNode depends on it."""
     ctx: Context = memo["ctx"]
     resource = Resource.from_body(body)
-    await common.run(KIND, body, patch, logger, lambda: vmmasters.remove(ctx, resource))
+    await common.run(
+        KIND, body, patch, logger, lambda: vmmasters.remove(ctx, resource), removing=True
+    )

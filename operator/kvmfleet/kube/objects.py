@@ -1,4 +1,5 @@
-"""Reads and small patches of kvmfleet objects for the kubectl plugin: VirtualNode, KvmHost, Secret.
+"""Reads, small patches and creates of kvmfleet objects for the kubectl plugin (VirtualNode,
+VmMaster, KvmHost, Secret).
 
 :meth:`KubeObjects.from_kubeconfig` loads credentials as kubectl does (``--kubeconfig``,
 else ``$KUBECONFIG`` - a list of files - else ``~/.kube/config``, else in-cluster) and
@@ -24,6 +25,7 @@ from kvmfleet.kube.api import KubeApi
 from kvmfleet.settings import GROUP, VERSION
 
 VIRTUALNODES = "virtualnodes"
+VMMASTERS = "vmmasters"
 KVMHOSTS = "kvmhosts"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -164,7 +166,11 @@ class KubeObjects:
         """Merge ``spec`` into a VirtualNode's spec (a JSON merge patch)."""
         return self._patch(namespace, name, {"spec": dict(spec)}, "patching the spec of")
 
-    def _patch(self, namespace: str, name: str, body: dict[str, Any], verb: str) -> dict[str, Any]:
+    def _patch(
+        self, namespace: str, name: str, body: dict[str, Any] | list[dict[str, Any]], verb: str
+    ) -> dict[str, Any]:
+        # A list is a JSON patch (RFC 6902); a mapping a JSON merge patch (the default).
+        kind = {"_content_type": "application/json-patch+json"} if isinstance(body, list) else {}
         return dict(
             self._call(
                 f"{verb} VirtualNode {namespace}/{name}",
@@ -175,8 +181,53 @@ class KubeObjects:
                 VIRTUALNODES,
                 name,
                 body,
+                **kind,
             )
         )
+
+    # -- creating objects (kubectl kvm capture / clone) --
+
+    def create(self, plural: str, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a namespaced kvmfleet object (``virtualnodes`` or ``vmmasters``)."""
+        if plural not in (VIRTUALNODES, VMMASTERS):
+            raise ValueError(f"not a namespaced kvmfleet kind: {plural}")
+        name = (body.get("metadata") or {}).get("name")
+        return dict(
+            self._call(
+                f"creating {plural} {namespace}/{name}",
+                self.api.custom.create_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                dict(body),
+            )
+        )
+
+    def get_vmmaster(self, namespace: str, name: str) -> dict[str, Any]:
+        """A VmMaster (NotFoundError if there is none)."""
+        return dict(
+            self._call(
+                f"reading VmMaster {namespace}/{name}",
+                self.api.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                VMMASTERS,
+                name,
+            )
+        )
+
+    def replace_finalizers(
+        self, namespace: str, name: str, expected: list[str], finalizers: list[str]
+    ) -> dict[str, Any]:
+        """Set a VirtualNode's finalizers, only if they are still ``expected`` (a JSON patch
+        whose ``test`` fails with 422 when they changed meanwhile)."""
+        body = [
+            {"op": "test", "path": "/metadata/finalizers", "value": expected},
+            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
+        ]
+        return self._patch(namespace, name, body, "removing the finalizer of")
 
     # -- KvmHosts --
 
@@ -190,6 +241,20 @@ class KubeObjects:
                 VERSION,
                 KVMHOSTS,
                 name,
+            )
+        )
+
+    def patch_kvmhost_spec(self, name: str, spec: Mapping[str, object]) -> dict[str, Any]:
+        """Merge ``spec`` into a KvmHost's spec (drain / uncordon)."""
+        return dict(
+            self._call(
+                f"patching the spec of KvmHost {name}",
+                self.api.custom.patch_cluster_custom_object,
+                GROUP,
+                VERSION,
+                KVMHOSTS,
+                name,
+                {"spec": dict(spec)},
             )
         )
 

@@ -15,7 +15,8 @@
   followed).
 * VNC credentials (xCAT ``getrvidparms``) are ``status.console.vnc`` plus the password in
   its Secret; ``rotate`` requests new ones and waits for the status and the Secret.
-* Migration (xCAT ``rmigrate``) patches ``spec.hostRef``; lsvm lists a KvmHost's
+* Migration (xCAT ``rmigrate``) patches ``spec.hostRef`` and waits on ``status.migration``;
+  drain / uncordon set and clear a KvmHost's ``spec.maintenance``; lsvm lists a KvmHost's
   ``status.domains`` next to the VirtualNodes labelled ``kvmfleet.io/host=<host>``.
 
 Errors say what is wrong and what to do: :class:`NotFoundError` subclasses for a missing
@@ -297,6 +298,39 @@ class Migration:
     target: str
     requested: bool
     finished: bool
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """A VirtualNode still on a host in maintenance, and why."""
+
+    name: str
+    reason: str
+    message: str
+    settled: bool
+    """True when it will not move by itself (pinned, refused); False while it may."""
+
+
+@dataclass(frozen=True)
+class Drain:
+    """The outcome of :meth:`Fleet.set_maintenance`."""
+
+    host: str
+    maintenance: bool
+    left: tuple[Stuck, ...] = ()
+
+
+def migration_line(migration: Mapping[str, Any]) -> str:
+    """One line of progress of ``status.migration`` (empty when there is none)."""
+    phase = migration.get("phase")
+    if not phase:
+        return ""
+    text = f"{phase}: {migration.get('source')} -> {migration.get('target')}"
+    total, left = migration.get("dataTotal"), migration.get("dataRemaining")
+    if phase == "Running" and total:
+        text += f", {int(left or 0) // 2**20} of {int(total) // 2**20} MiB left"
+    message = migration.get("message")
+    return f"{text} ({message})" if message and phase != "Running" else text
 
 
 @dataclass(frozen=True)
@@ -676,9 +710,22 @@ class Fleet:
     # -- migration (rmigrate) --
 
     def migrate(
-        self, namespace: str, name: str, host: str, *, wait: bool = False, timeout: float = 600
+        self,
+        namespace: str,
+        name: str,
+        host: str,
+        *,
+        wait: bool = False,
+        timeout: float = 600,
+        progress: Callable[[str], None] | None = None,
     ) -> Migration:
-        """Move the VM to ``host`` by patching ``spec.hostRef``; ``wait`` until it runs there."""
+        """Move the VM to ``host`` by patching ``spec.hostRef``; ``wait`` until it runs there.
+
+        While waiting, ``progress`` gets a line each time ``status.migration`` changes
+        (phase, data remaining). A refusal or a failure of this request (its ``endTime``
+        after the request) ends the wait with :class:`ActionFailedError` and the operator's
+        message (the operator itself goes on retrying).
+        """
         node = self.virtualnode(namespace, name)
         target = self.kvmhost(host)
         source = _get(node, "status", "host") or None
@@ -699,27 +746,94 @@ class Fleet:
         self.kube.patch_spec(namespace, name, {"hostRef": host})
         if not wait:
             return Migration(name, source, host, requested=True, finished=False)
+        seen: list[str] = []
 
         def arrived(current: Mapping[str, Any]) -> bool:
             migration = _get(current, "status", "migration") or {}
-            started = parse_time(migration.get("startedAt"))
+            line = migration_line(migration)
+            if progress is not None and line and (not seen or seen[-1] != line):
+                seen.append(line)
+                progress(line)
+            ended = parse_time(migration.get("endTime"))
             if (
-                migration.get("targetHost") == host
-                and migration.get("phase") == "Failed"
-                and started is not None
-                and started >= requested
+                migration.get("target") == host
+                and migration.get("phase") in ("Failed", "Refused")
+                and ended is not None
+                and ended >= requested
             ):
                 raise ActionFailedError(
-                    f"the migration of VirtualNode {namespace}/{name} to {host} failed: "
-                    f"{migration.get('message') or 'no message'}"
+                    f"VirtualNode {namespace}/{name} was not moved to {host} "
+                    f"({migration.get('phase')}): {migration.get('message') or 'no message'}; "
+                    "spec.hostRef stays set: the operator retries (kubectl describe vn for "
+                    "the Migration condition)"
                 )
             return bool(
                 _get(current, "status", "host") == host
-                and _get(current, "status", "phase") != "Migrating"
+                and migration.get("phase") not in ("Running", "Queued")
             )
 
         self.wait_for(namespace, name, arrived, timeout, what=f"the migration to {host}")
         return Migration(name, source, host, requested=True, finished=True)
+
+    # -- maintenance --
+
+    def set_maintenance(
+        self, host: str, maintenance: bool, *, wait: bool = False, timeout: float = 600
+    ) -> Drain:
+        """drain / uncordon: set or clear ``spec.maintenance`` of a KvmHost.
+
+        With ``wait`` (drain only), until no VirtualNode is left on the host or every one
+        left says why it does not move (its Migration condition: pinned by ``hostRef``, a
+        pre-flight refusal...).
+        """
+        self.kvmhost(host)
+        self.kube.patch_kvmhost_spec(host, {"maintenance": maintenance})
+        if not (wait and maintenance):
+            return Drain(host, maintenance, left=self._left_on(host))
+        deadline = self._monotonic() + timeout
+        while True:
+            left = self._left_on(host)
+            if all(stuck.settled for stuck in left):
+                return Drain(host, maintenance, left=left)
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                moving = ", ".join(s.name for s in left if not s.settled)
+                raise WaitTimeoutError(
+                    f"timed out after {timeout:g} s waiting for KvmHost {host} to drain "
+                    f"(still moving: {moving})"
+                )
+            self._sleep(min(self.poll_interval, remaining))
+
+    def _left_on(self, host: str) -> tuple[Stuck, ...]:
+        nodes = self.kube.list_virtualnodes(label_selector=f"{HOST_LABEL}={host}")
+        left = []
+        for node in nodes:
+            if _get(node, "status", "host") != host:
+                continue
+            ref = _get(node, "spec", "hostRef")
+            migration: dict[str, Any] = next(
+                (
+                    c
+                    for c in _get(node, "status", "conditions") or []
+                    if c.get("type") == "Migration"
+                ),
+                {},
+            )
+            name = f"{_get(node, 'metadata', 'namespace')}/{_get(node, 'metadata', 'name')}"
+            if ref == host:
+                left.append(Stuck(name, "PinnedByHostRef", f"spec.hostRef is {host}", True))
+            elif migration.get("status") == "False" and migration.get("reason") not in (
+                "MigrationQueued",
+                "MigrationFailed",
+                "MigrationTimedOut",
+                "MigrationInterrupted",
+            ):
+                left.append(
+                    Stuck(name, str(migration.get("reason")), str(migration.get("message")), True)
+                )
+            else:
+                left.append(Stuck(name, "Moving", "not moved yet", False))
+        return tuple(left)
 
     # -- lsvm --
 

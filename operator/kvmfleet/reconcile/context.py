@@ -29,10 +29,11 @@ from kvmfleet.domain.allocation import Resources
 from kvmfleet.errors import TemporaryError
 from kvmfleet.kube.api import KubeApi
 from kvmfleet.reconcile.liveness import ANY, KUBE, Activity, InFlight
+from kvmfleet.reconcile.startbackoff import StartFailures
 from kvmfleet.settings import Settings
 from kvmfleet.ssh.reachability import BannerChecks
 from kvmfleet.ssh.session import SshOptions, SshPool
-from kvmfleet.virt.connection import Keepalive, LibvirtPool, open_connection
+from kvmfleet.virt.connection import Keepalive, LibvirtPool, LibvirtTarget, open_connection
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -89,6 +90,10 @@ class Context:
     pass_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict, repr=False)
     """Per KvmHost: bounds the full passes running at once (settings.max_passes_per_host)."""
     host_executors: dict[str, ThreadPoolExecutor] = field(default_factory=dict, repr=False)
+    stats_targets: dict[str, LibvirtTarget] = field(default_factory=dict, repr=False)
+    """Per KvmHost: its libvirtd, read for per-VM statistics (see vmstats)."""
+    start_failures: dict[str, StartFailures] = field(default_factory=dict, repr=False)
+    """Per VirtualNode uid: its consecutive failed starts (see startbackoff)."""
 
     @classmethod
     def create(cls, settings: Settings) -> Context:

@@ -8,7 +8,6 @@ conditions `Unknown`: nothing is ever deleted or recreated because a host is sil
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from kvmfleet.domain.allocation import allocatable
 from kvmfleet.domain.conditions import Condition, Status
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
-from kvmfleet.reconcile import fleetindex, hostcpu, hostnetwork, hoststorage
+from kvmfleet.reconcile import fleetindex, hostcpu, hostnetwork, hoststorage, vmstats
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostsession import HostSession, connect
 from kvmfleet.reconcile.hostusage import allocated_on
@@ -80,11 +79,13 @@ async def release(ctx: Context, host: Resource) -> None:
     """The KvmHost is deleted: forget its probe state and metrics (the host is left as it is)."""
     ctx.last_probe.pop(host.name, None)
     ctx.locks.pop(f"kh/{host.name}", None)
-    metrics.forget("KvmHost", "", host.name)
-    metrics.forget_storage_pools(host.name)
-    for gauge in (metrics.HOST_UP, metrics.HOST_DOMAINS):
-        with contextlib.suppress(KeyError):
-            gauge.remove(host.name)
+    vmstats.unwatch(ctx, host.name)
+    try:
+        spec = KvmHostSpec.from_dict(host.spec)
+        target: str | None = f"{spec.address}:{spec.port}"
+    except KvmfleetError:
+        target = None
+    metrics.forget_host(host.name, target)
 
 
 async def converge(ctx: Context, host: Resource) -> Outcome:
@@ -183,6 +184,14 @@ async def _converge(ctx: Context, host: Resource, spec: KvmHostSpec, outcome: Ou
             "libvirtVersion": host_facts.libvirt_version,
             "qemuVersion": host_facts.qemu_version,
         }
+        capabilities = outcome.status["capabilities"]
+        metrics.set_host_info(
+            host.name,
+            host_facts.libvirt_version,
+            host_facts.qemu_version,
+            capabilities["virtualization"],
+        )
+        vmstats.watch(ctx, host.name, session.libvirt_target())
         await _domains(ctx, session, host, outcome)
         await _allocation(ctx, host, spec, host_facts, outcome)
 

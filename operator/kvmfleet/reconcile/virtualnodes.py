@@ -30,9 +30,12 @@ from kvmfleet.reconcile import (
     failpoints,
     fleetindex,
     hostusage,
+    startbackoff,
+    vmclones,
     vmconsole,
     vmdisks,
     vmdomain,
+    vmmigrate,
     vmremove,
     vmsteady,
 )
@@ -42,6 +45,7 @@ from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
 from kvmfleet.reconcile.vmplacement import Placement, UnschedulableError, ensure_placed
 from kvmfleet.settings import HOST_LABEL
+from kvmfleet.virt.errors import StartFailedError
 from kvmfleet.virt.guest import Guests, Pause, PowerState
 
 SCHEDULED = "Scheduled"
@@ -59,6 +63,7 @@ ACTION_ANNOTATIONS = {
     "consoleCredentials": "console-credentials",
 }
 RETRY = 15.0
+START_FAILED = "StartFailed"
 
 
 @dataclass
@@ -142,6 +147,7 @@ async def remove(ctx: Context, node: Resource) -> Outcome:
             await hostusage.publish(ctx, str(host), removed=None if left else node.name)
         ctx.last_sync.pop(node.uid, None)
         ctx.last_full.pop(node.uid, None)
+        ctx.start_failures.pop(node.uid, None)
         ctx.locks.pop(f"vn/{node.uid}", None)
         metrics.forget("VirtualNode", node.namespace or "", node.name)
     return outcome
@@ -158,7 +164,6 @@ async def converge(ctx: Context, node: Resource) -> Outcome:
         slots = ctx.pass_slots[where] = asyncio.Semaphore(max(1, ctx.settings.max_passes_per_host))
     async with slots:
         metrics.VM_FULL_PASSES.inc()
-        started = time.monotonic()
         spec = VirtualNodeSpec.from_dict(node.spec)
         outcome = Outcome()
         conds: dict[str, Condition] = {}
@@ -167,7 +172,6 @@ async def converge(ctx: Context, node: Resource) -> Outcome:
             vmsteady.passed_full(ctx, node, outcome.status)
         finally:
             ctx.last_sync[node.uid] = time.monotonic()
-            metrics.VM_OPERATION_DURATION.labels("reconcile").observe(time.monotonic() - started)
         return outcome
 
 
@@ -179,24 +183,28 @@ async def _converge(
     conds: dict[str, Condition],
 ) -> None:
     await _check_name(ctx, node)
-    if spec.source is not None:
-        # Never boot blank disks in place of a clone: nothing is placed or made.
-        raise PermanentError(
-            f"spec.source (a clone of VmMaster {spec.source.vm_master}) is planned, not "
-            "implemented yet: no disk is made and nothing is defined; remove spec.source",
-            reason="NotImplemented",
-        )
+    # Clones (spec.source): the master must be Ready and reachable from the host.
+    clone = await vmclones.resolve(ctx, node, spec) if spec.source is not None else None
+    if clone is not None:
+        await vmclones.check_pinned(ctx, node, clone, spec)
     try:
-        placement = await ensure_placed(ctx, node, spec)
+        placement = await ensure_placed(ctx, node, clone.placement_spec(spec) if clone else spec)
     except UnschedulableError as error:
         conds[SCHEDULED] = Condition(SCHEDULED, Status.FALSE, error.reason, error.message)
         outcome.status["phase"] = "Scheduling"
         _summarise(outcome, conds, ready=False, reason=error.reason, message=error.message)
         outcome.requeue_after, outcome.retry_message = RETRY, error.message
         return
+    if node.status.get("host") == placement.host:  # placed before: it may have to move
+        try:
+            placement = await vmmigrate.follow(ctx, node, spec, placement, outcome, conds)
+        except TemporaryError as error:
+            conds[vmmigrate.MIGRATION] = Condition(
+                vmmigrate.MIGRATION, Status.FALSE, "MigrationBlocked", error.message
+            )
     placed_now = node.status.get("host") != placement.host
     try:
-        await _converge_placed(ctx, node, spec, placement, outcome, conds)
+        await _converge_placed(ctx, node, spec, placement, outcome, conds, clone)
     finally:
         # Placed now: the host counts it at once. A domain defined in this pass published
         # the allocation with it (one read and one write of the KvmHost, not two).
@@ -211,6 +219,7 @@ async def _converge_placed(  # noqa: PLR0917 - the pass's whole context
     placement: Placement,
     outcome: Outcome,
     conds: dict[str, Condition],
+    clone: vmclones.Clone | None,
 ) -> None:
     conds[SCHEDULED] = Condition(SCHEDULED, Status.TRUE, "Scheduled", f"on {placement.host}")
     outcome.status["host"] = placement.host
@@ -219,6 +228,7 @@ async def _converge_placed(  # noqa: PLR0917 - the pass's whole context
         for nic, mac in zip(spec.nics, placement.macs, strict=True)
     ]
     outcome.labels[HOST_LABEL] = placement.host
+    metrics.set_vm_info(node.namespace or "", node.name, placement.host, str(spec.run_strategy))
 
     try:
         host_spec, host_status = await read_host(ctx, placement.host)
@@ -232,8 +242,10 @@ async def _converge_placed(  # noqa: PLR0917 - the pass's whole context
         conds[AUTHORIZED] = Condition(
             AUTHORIZED, Status.TRUE, "Allowed", f"KvmHost {placement.host} allows this VM"
         )
+        if clone is not None:
+            clone.check_reach(placement.host, host_spec)
         host = await connect_host(ctx, placement.host, host_spec, host_status)
-        await _on_host(ctx, node, spec, host, placement, outcome, conds)
+        await _on_host(ctx, node, spec, host, placement, outcome, conds, clone)
     except TemporaryError as error:
         _host_unavailable(node, outcome, conds, placement.host, error)
     except PermanentError as error:
@@ -310,6 +322,7 @@ async def _on_host(  # noqa: PLR0917 - the pass's whole context
     placement: Placement,
     outcome: Outcome,
     conds: dict[str, Condition],
+    clone: vmclones.Clone | None = None,
 ) -> None:
     guests = await host.guests()
     try:
@@ -317,16 +330,18 @@ async def _on_host(  # noqa: PLR0917 - the pass's whole context
     except NotFoundError:
         before = None
 
+    mount_root = ctx.settings.mount_root
     disks = await vmdisks.ensure(
         host,
         Owner(node.namespace or "", node.name, node.uid),
         spec,
-        ctx.settings.mount_root,
+        mount_root,
         running=before in (PowerState.ON, PowerState.PAUSED),
+        clone=clone.images(node.namespace or "", host.spec, mount_root) if clone else None,
     )
     for path in disks.created:
         outcome.note("DiskCreated", f"created {path}")
-        metrics.VM_OPERATIONS.labels("create-disk", "success").inc()
+        metrics.count_operation("create-disk")
     for path in disks.grown:
         outcome.note("DiskGrown", f"grew {path}")
     for path in disks.claimed:
@@ -373,10 +388,11 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
     if result.defined_now:
         outcome.note("Defined", f"domain {node.name} defined on {host.name} (mkvm)")
         await hostusage.publish(ctx, host.name, added=(node.name, str(result.state)))
-        metrics.VM_OPERATIONS.labels("define", "success").inc()
+        metrics.count_operation("define")
         failpoints.hit("after-define")
     elif result.redefined:
         outcome.note("Redefined", f"domain {node.name} updated from the spec (chvm)")
+        metrics.count_operation("redefine")
     outcome.status["domainUUID"] = result.uuid
     conds[DEFINED] = Condition(
         DEFINED, Status.TRUE, "Defined", f"domain {node.name} on {host.name}"
@@ -404,8 +420,23 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
         await _observe(run, creds, None, result)
         outcome.requeue_after, outcome.retry_message = RETRY, conds[DISKS_READY].message
         return
-    for call in plan.calls:
-        await _power_call(ctx, guests, node.name, call)
+    if Call.START in plan.calls:
+        failures = ctx.start_failures.get(node.uid)
+        if failures is not None and startbackoff.waiting(failures, time.monotonic()) is not None:
+            await _start_failed(run, creds, result, failures)
+            return
+    try:
+        for call in plan.calls:
+            await _power_call(ctx, guests, node.name, call)
+    except StartFailedError as error:
+        failures = startbackoff.failed(
+            ctx.start_failures.get(node.uid), error.message, time.monotonic()
+        )
+        ctx.start_failures[node.uid] = failures
+        await _start_failed(run, creds, result, failures)
+        return
+    if Call.START in plan.calls:
+        ctx.start_failures.pop(node.uid, None)
     for kind, reason, message in plan.events:
         (outcome.note if kind == "Normal" else outcome.warn)(reason, message)
     for action in plan.acted:
@@ -478,6 +509,33 @@ async def _image_in_use_elsewhere(run: _Pass, locations: list[Any]) -> bool:
     return True
 
 
+async def _start_failed(
+    run: _Pass,
+    creds: vmconsole.VncCredentials | None,
+    result: vmdomain.DefineResult,
+    failures: startbackoff.StartFailures,
+) -> None:
+    """QEMU did not start: the VM stays Stopped, Ready=False ``StartFailed`` with libvirt's
+    message, Reconciling (retried with a backoff), one Warning when it first happens."""
+    node, outcome, conds = run.node, run.outcome, run.conds
+    outcome.status["lastActions"] = dict(node.status.get("lastActions") or {})
+    outcome.status["powerTransition"] = node.status.get("powerTransition") or None
+    await _observe(run, creds, None, result)
+    if outcome.status.get("powerState") not in (str(PowerState.OFF), str(PowerState.CRASHED)):
+        return  # it runs after all (started behind our back): the observation stands
+    message = (
+        f"domain {node.name} did not start on {run.host.name} ({failures.count} "
+        f"failed start(s), next try in {failures.delay:g}s): {failures.message}"
+    )
+    conds[RUNNING] = Condition(RUNNING, Status.FALSE, START_FAILED, failures.message)
+    outcome.status["phase"] = "Stopped"
+    if _previous(node, cond.READY).get("reason") != START_FAILED:
+        outcome.warn(START_FAILED, message)
+    _summarise(outcome, conds, ready=False, reason=START_FAILED, message=message)
+    wait = startbackoff.waiting(failures, time.monotonic())
+    outcome.requeue_after, outcome.retry_message = wait or failures.delay, message
+
+
 async def _power_call(ctx: Context, guests: Guests, name: str, call: Call) -> None:
     fn = {
         Call.START: guests.start,
@@ -485,12 +543,8 @@ async def _power_call(ctx: Context, guests: Guests, name: str, call: Call) -> No
         Call.DESTROY: guests.destroy,
         Call.RESET: guests.reset,
     }[call]
-    try:
+    with metrics.operation(str(call)):
         await ctx.blocking(fn, name)
-    except KvmfleetError:
-        metrics.VM_OPERATIONS.labels(str(call), "error").inc()
-        raise
-    metrics.VM_OPERATIONS.labels(str(call), "success").inc()
     if call is Call.START:
         failpoints.hit("after-start")
 
@@ -510,6 +564,7 @@ async def _observe(
     outcome.status["powerState"] = str(state)
     outcome.status["pauseReason"] = str(pause.reason) if pause else None
     metrics.set_power_state(node.namespace or "", node.name, str(state))
+    metrics.set_paused(node.namespace or "", node.name, str(pause.reason) if pause else None)
     outcome.status["restartRequired"] = bool(on and result.restart_required)
     outcome.status["console"] = vmconsole.console_status(
         host.spec.address, creds, live.vnc_port, live.serial_pty if on else None, host.name

@@ -7,6 +7,7 @@ names this VirtualNode (or it adopts them), and only after their backing chain v
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kvmfleet.domain.devicenames import target_devs
@@ -34,6 +35,7 @@ from kvmfleet.domain.storage_urls import (
     storage_directory,
 )
 from kvmfleet.errors import InvalidSpecError, KvmfleetError, NotFoundError, TemporaryError
+from kvmfleet.reconcile import imagefiles
 from kvmfleet.reconcile.hostaccess import PlacedHost
 from kvmfleet.ssh import diskprobe, facts, hostcmds, nfsdirect
 
@@ -88,23 +90,27 @@ async def ensure(
     mount_root: str,
     *,
     running: bool,
+    clone: Mapping[str, imagefiles.CloneImage] | None = None,
 ) -> DiskReport:
     """Create absent images, grow smaller ones, report each (idempotent).
 
     Only a definitive "absent" (in a pool the same probe found ready) leads to a create;
     an image of unknown state, owned by another VirtualNode, or whose backing chain does
     not validate is reported and left untouched. A running VM's disk is grown through
-    libvirt (block resize), a stopped one's with qemu-img; shrinking is refused.
+    libvirt (block resize), a stopped one's with qemu-img; shrinking is refused. A disk
+    named in ``clone`` (a VirtualNode with spec.source) is made from its master image
+    instead of blank (see :mod:`kvmfleet.reconcile.imagefiles`).
     """
     vm = me.name
     report = DiskReport(locations=locate(vm, spec, host.spec, mount_root))
     targets = target_devs([(d.name, str(d.bus)) for d in spec.disks])
     for disk, where, dev in zip(spec.disks, report.locations, targets, strict=True):
         try:
-            entry = await _ensure_one(host, me, disk, where, report, running, dev)
+            source = (clone or {}).get(disk.name)
+            entry = await _ensure_one(host, me, disk, where, report, running, dev, source)
         except TemporaryError:
             raise  # the host stopped answering: the whole pass stops, nothing is concluded
-        except _RefusedError as refused:
+        except RefusedError as refused:
             report.problems.append(Problem(refused.reason, f"disk {disk.name}: {refused.text}"))
             continue
         except KvmfleetError as error:
@@ -117,7 +123,7 @@ async def ensure(
 _DISK_PROBLEM = "DiskProblem"
 
 
-class _RefusedError(Exception):
+class RefusedError(Exception):
     """This disk is left untouched, for a reason of docs/conditions.md."""
 
     def __init__(self, reason: str, text: str) -> None:
@@ -171,16 +177,16 @@ async def write_owner(host: PlacedHost, where: DiskLocation, owner: Owner) -> No
 
 
 async def read_chain(host: PlacedHost, target: str) -> list[facts.ImageInfo]:
-    """``qemu-img info -f qcow2 --backing-chain``, validated; _RefusedError if not usable."""
+    """``qemu-img info -f qcow2 --backing-chain``, validated; RefusedError if not usable."""
     info = await host.session.run(hostcmds.qemu_img_info(target, backing_chain=True), check=False)
     if not info.ok:
         why = (info.stderr or info.stdout).strip()[-300:]
-        raise _RefusedError(DISK_UNREADABLE, f"qemu-img cannot read {target} as qcow2: {why}")
+        raise RefusedError(DISK_UNREADABLE, f"qemu-img cannot read {target} as qcow2: {why}")
     images = facts.parse_qemu_img_chain(info.stdout)
     chain = [ChainLink(i.filename, i.format, i.backing_filename, i.backing_format) for i in images]
     problem = chain_problem(chain)
     if problem is not None:
-        raise _RefusedError(BACKING_CHAIN_INVALID, problem)
+        raise RefusedError(BACKING_CHAIN_INVALID, problem)
     return images
 
 
@@ -202,6 +208,7 @@ async def _ensure_one(  # noqa: PLR0917 - one disk's whole context
     report: DiskReport,
     running: bool,
     dev: str,
+    clone: imagefiles.CloneImage | None = None,
 ) -> dict[str, object]:
     target = where.qemu_img_target
     entry: dict[str, object] = {"name": disk.name, "url": str(where.storage), "path": target}
@@ -213,7 +220,7 @@ async def _ensure_one(  # noqa: PLR0917 - one disk's whole context
         return entry
     verdict = await probe(host, where, host.session.ctx.settings.mount_root)
     if verdict.existence is Existence.UNKNOWN:
-        raise _RefusedError(verdict.reason, f"{verdict.message}; nothing is created or changed")
+        raise RefusedError(verdict.reason, f"{verdict.message}; nothing is created or changed")
     ours = verdict.existence is Existence.PRESENT and verdict.owner is None
     decision = decide_ownership(
         verdict.existence,
@@ -223,12 +230,16 @@ async def _ensure_one(  # noqa: PLR0917 - one disk's whole context
         our_domain_uses_it=ours and await _our_domain(host, me),
     )
     if decision.action is Action.REFUSE:
-        raise _RefusedError(decision.reason, decision.message)
+        raise RefusedError(decision.reason, decision.message)
     if decision.action is Action.CREATE:
-        if disk.size_bytes is None:
+        if disk.size_bytes is None and clone is None:
             raise KvmfleetError("has no size and no image exists yet")
         await write_owner(host, where, me)  # first: a crash leaves a record of ours, no orphan
-        await host.session.run(hostcmds.qemu_img_create(target, disk.size_bytes))
+        if clone is not None:
+            await imagefiles.make_clone(host, where, clone)
+        else:
+            assert disk.size_bytes is not None
+            await host.session.run(hostcmds.qemu_img_create(target, disk.size_bytes))
         report.created.append(target)
     chain = await read_chain(host, target)
     if decision.action is Action.CLAIM:

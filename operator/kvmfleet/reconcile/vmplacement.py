@@ -133,13 +133,13 @@ async def ensure_placed(ctx: Context, node: Resource, spec: VirtualNodeSpec) -> 
     return Placement(host, tuple(macs))
 
 
-def _choose(
+def snapshots_without(
     ctx: Context,
     node: Resource,
-    spec: VirtualNodeSpec,
     nodes: Sequence[Mapping[str, Any]],
     hosts: Sequence[Mapping[str, Any]],
-) -> str:
+) -> list[HostSnapshot]:
+    """Placement's view of every readable host, their allocation not counting ``node``."""
     used: dict[str, Resources] = {}
     seen: set[str] = set()
     for other in nodes:
@@ -152,11 +152,21 @@ def _choose(
     for uid, (where, resources, _) in ctx.reservations.items():
         if uid != node.uid and uid not in seen:
             used[where] = used.get(where, Resources(0, 0)) + resources
-    snapshots = [
+    return [
         snap
         for obj in hosts
         if (snap := host_snapshot(obj, used.get(obj["metadata"]["name"], Resources(0, 0))))
     ]
+
+
+def _choose(
+    ctx: Context,
+    node: Resource,
+    spec: VirtualNodeSpec,
+    nodes: Sequence[Mapping[str, Any]],
+    hosts: Sequence[Mapping[str, Any]],
+) -> str:
+    snapshots = snapshots_without(ctx, node, nodes, hosts)
     assert node.namespace is not None
     request = PlacementRequest.for_spec(spec, node.namespace, ctx.settings.storage_min_free_bytes)
     if spec.host_ref:

@@ -17,6 +17,7 @@ import posixpath
 from datetime import UTC, datetime
 from typing import Any
 
+from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
 from kvmfleet.domain.authorization import HostGrant, storage_refusal
 from kvmfleet.domain.conditions import parse_rfc3339
@@ -24,12 +25,12 @@ from kvmfleet.domain.diskstate import OWNER_SUFFIX, Existence, Owner
 from kvmfleet.domain.specs import ReclaimPolicy, VirtualNodeSpec
 from kvmfleet.domain.storage_urls import DiskLocation, DiskSourceType
 from kvmfleet.errors import KvmfleetError, NotFoundError, TemporaryError
-from kvmfleet.reconcile import fleetindex, vmdisks
+from kvmfleet.reconcile import fleetindex, imagefiles, vmdisks
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostaccess import PlacedHost, open_host
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
-from kvmfleet.ssh import diskprobe, hostcmds, nfsdirect
+from kvmfleet.ssh import hostcmds, nfsdirect
 from kvmfleet.virt.guest import PowerState
 
 ORPHAN_ANNOTATION = "kvmfleet.io/orphan"
@@ -112,16 +113,20 @@ async def _remove(ctx: Context, node: Resource, left: list[str]) -> Outcome:
     if state in (PowerState.ON, PowerState.PAUSED):
         shutdown_at = parse_rfc3339(deletion.get("shutdownAt"))
         if grace > 0 and shutdown_at is None:
-            await ctx.blocking(guests.shutdown, node.name)
+            with metrics.operation("shutdown"):
+                await ctx.blocking(guests.shutdown, node.name)
             deletion["shutdownAt"] = cond.rfc3339(now)
             outcome.note("ShuttingDown", f"ACPI shutdown sent; hard stop after {grace} s")
             return _again(outcome, deletion, 2.0, "waiting for the guest to shut down")
         if shutdown_at is not None and (now - shutdown_at).total_seconds() < grace:
             return _again(outcome, deletion, 2.0, "waiting for the guest to shut down")
-        await ctx.blocking(guests.destroy, node.name)
+        with metrics.operation("destroy"):
+            await ctx.blocking(guests.destroy, node.name)
         if grace > 0:
             outcome.warn("ForcedOff", f"the guest did not shut down within {grace} s")
-    if await ctx.blocking(guests.undefine, node.name):
+    with metrics.operation("undefine"):
+        undefined = await ctx.blocking(guests.undefine, node.name)
+    if undefined:
         outcome.note("Undefined", f"domain {node.name} removed from {host.name} (rmvm)")
     left.remove(f"domain {node.name}")
     blocked = await _disks(ctx, node, host, outcome, left)
@@ -292,22 +297,8 @@ async def _backed_by_in_pool(
     directory = vmdisks.pool_directory(where, host.spec, mount_root)
     if directory is None:
         return []
-    result = await host.session.run(diskprobe.backing_argv(directory), check=False)
-    data = diskprobe.parse(result.stdout)
-    if not result.ok or not data.get("ok"):
-        return _BlockedError(f"cannot read the images of {directory}: {result.stderr[-200:]}")
-    users = []
-    for image in data.get("images") or []:
-        name = str(image.get("image", ""))
-        if name == where.file_name:
-            continue
-        if image.get("errno"):
-            return _BlockedError(f"cannot read {directory}/{name} ({image['errno']})")
-        named = str(image.get("backing", ""))
-        resolved = named if "://" in named else posixpath.normpath(posixpath.join(directory, named))
-        if resolved == where.path or posixpath.basename(named) == where.file_name:
-            users.append(f"{directory}/{name}")
-    return users
+    scan = await imagefiles.backed_by(host, directory, where.path)
+    return _BlockedError(scan.error) if scan.error else scan.users
 
 
 async def _backing_files(ctx: Context, node: Resource) -> set[str]:

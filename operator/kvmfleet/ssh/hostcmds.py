@@ -273,3 +273,37 @@ def qemu_img_rebase(
         image_location(backing),
         image_location(path_or_url),
     ]
+
+
+def qemu_img_compare(
+    first: str, second: str, fmt: str = "qcow2", second_fmt: str = "qcow2"
+) -> list[str]:
+    """Exit 0 when both images (with their backing chains) hold the same guest data, 1 when
+    they differ, 2 on error; ``-U`` is not used: neither image may be in use."""
+    return [
+        "qemu-img",
+        "compare",
+        "-q",
+        "-f",
+        _format(fmt),
+        "-F",
+        _format(second_fmt, "secondFormat"),
+        image_location(first, "first"),
+        image_location(second, "second"),
+    ]
+
+
+def rename_file(source: str, destination: str) -> list[str]:
+    """Rename one file within its directory (``mv -T``: never into a directory)."""
+    src = image_location(source, "source")
+    dst = image_location(destination, "destination")
+    if src.startswith("nfs://") or dst.startswith("nfs://"):
+        fail("source", "an nfs:// file is renamed with kvmfleet.ssh.nfsdirect")
+    return ["mv", "-f", "-T", "--", src, dst]
+
+
+def chmod_file(path: str, mode: int) -> list[str]:
+    """Set one file's permission bits (``mode`` at most 0o777, never recursive)."""
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        fail("mode", f"{show(mode)} is not a permission mode")
+    return ["chmod", f"{mode:o}", "--", image_location(path)]

@@ -1,4 +1,4 @@
-"""NFS without a mount (nfsAccess Direct): remove files and read capacity through libnfs.
+"""NFS without a mount (nfsAccess Direct): remove, rename, chmod files; capacity (libnfs).
 
 QEMU and qemu-img reach an NFS export themselves through libnfs (`nfs://` URLs), so a
 host needs no kernel NFS client. Creating images works with qemu-img alone; removing
@@ -37,6 +37,7 @@ lib.nfs_write.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, cty
 lib.nfs_fsync.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 lib.nfs_close.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 lib.nfs_rename.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+lib.nfs_chmod.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
 import errno, os
 def errname(rc):
     return {"errno": errno.errorcode.get(-rc, str(rc))}
@@ -48,7 +49,8 @@ def fail(what):
     err = (lib.nfs_get_error(ctx) or b"").decode(errors="replace")
     print(json.dumps({"ok": False, "error": what + ": " + err}))
     sys.exit(3)
-u = (lib.nfs_parse_url_dir if op == "statvfs" else lib.nfs_parse_url_full)(ctx, url.encode())
+by_dir = op in ("statvfs", "backing")
+u = (lib.nfs_parse_url_dir if by_dir else lib.nfs_parse_url_full)(ctx, url.encode())
 if not u:
     fail("cannot parse the URL")
 if lib.nfs_mount(ctx, u.contents.server, u.contents.path) != 0:
@@ -85,6 +87,69 @@ elif op == "write":
         fail("cannot write the file")
     lib.nfs_close(ctx, fh)
     if lib.nfs_rename(ctx, path + b".tmp", path) != 0:
+        fail("cannot rename the file")
+    print(json.dumps({"ok": True}))
+elif op == "backing":
+    class Dirent(ctypes.Structure):
+        _fields_ = [("next", ctypes.c_void_p), ("name", ctypes.c_char_p)]
+    lib.nfs_opendir.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    lib.nfs_readdir.restype = ctypes.POINTER(Dirent)
+    lib.nfs_readdir.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.nfs_closedir.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.nfs_lseek.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    ]
+    d = ctypes.c_void_p()
+    if lib.nfs_opendir(ctx, b"/", ctypes.byref(d)) != 0:
+        fail("cannot list the export")
+    names = []
+    while True:
+        ent = lib.nfs_readdir(ctx, d)
+        if not ent:
+            break
+        names.append(ent.contents.name)
+    lib.nfs_closedir(ctx, d)
+    found = []
+    for name in sorted(n for n in names if n not in (b".", b"..")):
+        path = b"/" + name
+        st = (ctypes.c_uint64 * 64)()
+        rc = lib.nfs_stat64(ctx, path, st)
+        if rc != 0:
+            found.append({"image": name.decode(errors="replace"), **errname(rc)})
+            continue
+        if kind(st[2]) != "file":
+            continue
+        fh = ctypes.c_void_p()
+        rc = lib.nfs_open(ctx, path, os.O_RDONLY, ctypes.byref(fh))
+        if rc != 0:
+            found.append({"image": name.decode(errors="replace"), **errname(rc)})
+            continue
+        head = ctypes.create_string_buffer(20)
+        count = lib.nfs_read(ctx, fh, 20, head)
+        backing = None
+        if count == 20 and head.raw[:4] == b"QFI\xfb":
+            offset = int.from_bytes(head.raw[8:16], "big")
+            size = int.from_bytes(head.raw[16:20], "big")
+            here = ctypes.c_uint64()
+            if offset and 0 < size <= 4096 and lib.nfs_lseek(
+                ctx, fh, offset, 0, ctypes.byref(here)
+            ) == 0:
+                buf = ctypes.create_string_buffer(size)
+                got = lib.nfs_read(ctx, fh, size, buf)
+                backing = buf.raw[:max(got, 0)].decode("utf-8", "replace")
+        lib.nfs_close(ctx, fh)
+        if backing:
+            found.append({"image": name.decode(errors="replace"), "backing": backing})
+    print(json.dumps({"ok": True, "images": found}))
+elif op == "chmod":
+    if lib.nfs_chmod(ctx, u.contents.file, int(sys.argv[3], 8)) != 0:
+        fail("cannot change the file's mode")
+    print(json.dumps({"ok": True}))
+elif op == "rename":
+    target = lib.nfs_parse_url_full(ctx, sys.argv[3].encode())
+    if not target:
+        fail("cannot parse the target URL")
+    if lib.nfs_rename(ctx, u.contents.file, target.contents.file) != 0:
         fail("cannot rename the file")
     print(json.dumps({"ok": True}))
 else:
@@ -134,6 +199,27 @@ def write_argv(storage: StorageURL, file_name: str) -> list[str]:
     """argv that atomically replaces one file of the export with its stdin."""
     _plain(file_name)
     return ["python3", "-c", _PROGRAM, "write", _url(storage, file_name)]
+
+
+def rename_argv(storage: StorageURL, file_name: str, new_name: str) -> list[str]:
+    """argv that renames one file of the export to another name in the same directory."""
+    _plain(file_name)
+    _plain(new_name)
+    return ["python3", "-c", _PROGRAM, "rename", _url(storage, file_name), _url(storage, new_name)]
+
+
+def backing_argv(storage: StorageURL) -> list[str]:
+    """argv listing, for each qcow2 image of the export, the backing file its header names
+    (the same JSON as :func:`kvmfleet.ssh.diskprobe.backing_argv`)."""
+    return ["python3", "-c", _PROGRAM, "backing", _url(storage)]
+
+
+def chmod_argv(storage: StorageURL, file_name: str, mode: int) -> list[str]:
+    """argv that sets one file's permission bits (``mode`` at most 0o777)."""
+    _plain(file_name)
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"not a permission mode: {mode:o}")
+    return ["python3", "-c", _PROGRAM, "chmod", _url(storage, file_name), f"{mode:o}"]
 
 
 def _plain(file_name: str) -> None:

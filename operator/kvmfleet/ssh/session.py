@@ -474,7 +474,9 @@ class SshSession:
                 f"{_describe(error)}"
             ) from error
         except (paramiko.SSHException, EOFError, OSError) as error:
-            if self._transport.is_active():
+            # EOFError/OSError come from writing the request to the socket: the
+            # connection is dead even if paramiko's reader has not noticed yet.
+            if isinstance(error, paramiko.SSHException) and self._transport.is_active():
                 raise ChannelRefusedError(
                     f"{self.target.host_port}: no channel for {argv[0]!r} within "
                     f"{self.options.channel_timeout:g}s: {_describe(error)}"

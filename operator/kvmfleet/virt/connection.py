@@ -44,6 +44,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,6 +349,17 @@ def ssh_failure(stderr: str, expected_host_key: str) -> str:
 # --- connection -------------------------------------------------------------------------------
 
 
+def _release(conn: Any, label: str, workdir: Path | None) -> None:
+    """Close a retired connection once nothing references its wrapper any more."""
+    try:
+        conn.close()
+    except libvirt.libvirtError as error:
+        log.debug("libvirt %s: close failed: %s", label, error)
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 class LibvirtConnection:
     """An open libvirt connection (``conn``) and the private directory behind it.
 
@@ -383,9 +395,23 @@ class LibvirtConnection:
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
 
+    def retire(self) -> None:
+        """Stop handing this connection out, but close it only once no one uses it.
+
+        A call may still run on it in another thread (one that hung on a SIGSTOPped
+        libvirtd returns when the daemon resumes): closing the libvirt connection under
+        a call in flight is not safe in libvirt's client.
+        The real close, and the removal of the private directory, happen when the last
+        user drops this object.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        weakref.finalize(self, _release, self.conn, self.label, self._workdir)
+
     @property
     def closed(self) -> bool:
-        """True after :meth:`close`."""
+        """True after :meth:`close` or :meth:`retire`."""
         return self._closed
 
     def __enter__(self) -> LibvirtConnection:
@@ -486,7 +512,7 @@ class LibvirtPool:
                 old = [self._connections.pop(k) for k in stale]
                 self._connections[key] = connection
         for previous in old:
-            previous.close()
+            previous.retire()  # a hung call may still run on it: closed when it is done
         return connection
 
     def invalidate(self, target: LibvirtTarget | str) -> None:
@@ -496,7 +522,7 @@ class LibvirtPool:
             stale = [k for k in self._connections if k[0] == uri]
             old = [self._connections.pop(k) for k in stale]
         for connection in old:
-            connection.close()
+            connection.retire()
 
     def close_all(self) -> None:
         """Close every connection (operator shutdown)."""

@@ -18,6 +18,12 @@ anything else (INTERNAL_ERROR,         LibvirtTemporaryError    retried, slower
 OPERATION_FAILED...)                   (TemporaryError)
 =====================================  =======================  =========================
 
+A domain start that libvirt answered with a failure (QEMU did not start: ``/dev/kvm`` not
+openable, an emulator argument refused, a disk it cannot open, KVM not available) is not
+an unavailable host:
+:func:`classify_start` makes it a :class:`StartFailedError` (reason ``StartFailed``) unless
+the failure is the connection's own (RPC, keepalive, SSH transport).
+
 Use :func:`libvirt_errors` around every libvirt call, or :func:`classify` on a caught
 ``libvirt.libvirtError``.
 """
@@ -138,6 +144,13 @@ class LibvirtTemporaryError(LibvirtErrorDetails, TemporaryError):
     reason = "LibvirtError"
 
 
+class StartFailedError(LibvirtErrorDetails, TemporaryError):
+    """libvirt answered a domain start with a failure: QEMU did not start (its message says
+    why). The host is reachable; the domain stays off; retried with a backoff."""
+
+    reason = "StartFailed"
+
+
 class LibvirtPermanentError(LibvirtErrorDetails, PermanentError):
     """libvirt refused the request itself (bad XML, unsupported configuration...)."""
 
@@ -206,6 +219,30 @@ def classify(error: Any, context: str = "", detail: str = "") -> KvmfleetError:
     assert isinstance(result, LibvirtErrorDetails)
     result.code, result.domain, result.libvirt_message = code, domain, message
     return result
+
+
+def classify_start(error: Any, context: str = "") -> KvmfleetError:
+    """:func:`classify` for a failed domain start: a failure libvirt reports about the
+    domain itself (not about the connection) is a :class:`StartFailedError`.
+
+    That includes a refusal at start time ("Domain requires KVM, but it is not
+    available"): the definition was accepted, so what is missing is on the host, and
+    the retry finds out when it is back. "Already running" (OPERATION_INVALID), a
+    refused host key or SSH key keep their own classes.
+    """
+    result = classify(error, context)
+    code = getattr(result, "code", None)
+    domain = getattr(result, "domain", None)
+    of_connection = domain in CONNECTION_ERROR_DOMAINS or (
+        code in UNAVAILABLE_CODES and code != libvirt.VIR_ERR_SYSTEM_ERROR
+    )
+    started_types = (LibvirtTemporaryError, LibvirtUnavailableError, LibvirtPermanentError)
+    if type(result) not in started_types or of_connection:
+        return result
+    assert isinstance(result, LibvirtErrorDetails)
+    started = StartFailedError(result.message, delay=UNAVAILABLE_DELAY)
+    started.code, started.domain, started.libvirt_message = code, domain, result.libvirt_message
+    return started
 
 
 @contextmanager

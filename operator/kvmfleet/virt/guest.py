@@ -27,6 +27,7 @@ from kvmfleet.virt.errors import (
     LibvirtNotFoundError,
     OperationInvalidError,
     classify,
+    classify_start,
     error_details,
     libvirt_errors,
 )
@@ -381,10 +382,22 @@ class Guests:
         return True
 
     def start(self, name_or_uuid: str) -> bool:
-        """Start the domain; False if it was already running."""
+        """Start the domain; False if it was already running.
+
+        QEMU failing to start (libvirt answers, the domain stays off) raises
+        :class:`~kvmfleet.virt.errors.StartFailedError` with libvirt's message.
+        """
         if self.state(name_or_uuid) in {PowerState.ON, PowerState.PAUSED}:
             return False
-        return self._act(name_or_uuid, "start", lambda d: d.create(), invalid_means_done=True)
+        domain = self._domain(name_or_uuid)
+        try:
+            domain.create()
+        except libvirt.libvirtError as error:
+            result = classify_start(error, self._context(name_or_uuid, "start"))
+            if isinstance(result, OperationInvalidError):
+                return False
+            raise result from error
+        return True
 
     def _is_off(self, name_or_uuid: str) -> bool:
         return self.state(name_or_uuid) in {PowerState.OFF, PowerState.CRASHED}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import subprocess
@@ -22,6 +23,7 @@ from kvmfleet.virt.connection import (
     quiet_libvirt,
     runtime_base,
 )
+from kvmfleet.virt.guest import Guests
 
 
 def keygen(directory: Path, name: str, passphrase: str = "") -> tuple[bytes, str]:
@@ -326,3 +328,20 @@ def test_ssh_stderr_decides_the_classification() -> None:
     assert keyed.message.endswith("(ssh: Host key verification failed.)")
     auth = classify(error, "ctx", detail="root@10.77.0.11: Permission denied (publickey).")
     assert isinstance(auth, LibvirtAuthError)
+
+
+def test_a_replaced_connection_is_closed_only_once_no_call_uses_it(test_uri: str) -> None:
+    # A call hung on a SIGSTOPped libvirtd still holds the old connection when the pool
+    # replaces it; closing it under that call crashed the operator in libvirt's client.
+    quiet_libvirt()
+    raw = libvirt.open(test_uri)
+    wrapper = LibvirtConnection(raw, "test")
+    in_flight = Guests(wrapper)  # what a running call holds
+    del wrapper
+    in_flight.connection.retire()
+    assert in_flight.connection.closed and not in_flight.connection.is_alive()
+    assert raw.isAlive() == 1  # still usable by the call that holds it
+    assert in_flight.exists("nope") is False
+    del in_flight
+    gc.collect()
+    assert raw._o is None  # closed now that no one holds it

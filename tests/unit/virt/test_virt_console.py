@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import threading
 import time
 from typing import Any
@@ -294,7 +295,7 @@ def test_bridge_copies_both_ways_and_stops_at_the_escape(fake, connection) -> No
             connection, "vm1", input_fd=in_read, output_fd=out_write, on_open=opened.set
         )
 
-    thread = threading.Thread(target=session)
+    thread = threading.Thread(target=session, daemon=True)  # a failure must not hang pytest
     thread.start()
     try:
         assert opened.wait(5)
@@ -309,6 +310,8 @@ def test_bridge_copies_both_ways_and_stops_at_the_escape(fake, connection) -> No
         thread.join(5)
         assert result["end"] is BridgeEnd.ESCAPE
         assert bytes(fake.stream.sent) == b"root\rls"
+        readable, _, _ = select.select([out_read], [], [], 5)
+        assert readable, "the console's output never reached the output fd"
         assert os.read(out_read, 100) == b"login: "
         assert fake.stream.aborted
     finally:

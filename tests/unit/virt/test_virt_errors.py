@@ -15,7 +15,9 @@ from kvmfleet.virt.errors import (
     LibvirtTemporaryError,
     LibvirtUnavailableError,
     OperationInvalidError,
+    StartFailedError,
     classify,
+    classify_start,
     libvirt_errors,
 )
 
@@ -219,3 +221,56 @@ def test_an_error_without_a_record_is_temporary() -> None:
 def test_other_exceptions_pass_through() -> None:
     with pytest.raises(KeyError), libvirt_errors("ctx"):
         raise KeyError("x")
+
+
+@pytest.mark.parametrize(
+    ("code", "domain", "message", "expected"),
+    [
+        # QEMU did not start: the host answered, the domain is off.
+        (
+            libvirt.VIR_ERR_INTERNAL_ERROR,
+            libvirt.VIR_FROM_QEMU,
+            "internal error: qemu unexpectedly closed the monitor: Could not access KVM "
+            "kernel module: Permission denied",
+            StartFailedError,
+        ),
+        (
+            libvirt.VIR_ERR_OPERATION_FAILED,
+            libvirt.VIR_FROM_QEMU,
+            "operation failed: process exited while connecting to monitor: "
+            "qemu-system-x86_64: -machine foo: unsupported machine type",
+            StartFailedError,
+        ),
+        (
+            libvirt.VIR_ERR_SYSTEM_ERROR,
+            libvirt.VIR_FROM_STORAGE,
+            "Cannot access storage file '/nope.qcow2': No such file or directory",
+            StartFailedError,
+        ),
+        # The connection's own failures stay "unavailable" (the state is unknown).
+        (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC, "connection reset", None),
+        (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC, "Cannot recv data", None),
+        (libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_FROM_QEMU, "cannot acquire job", None),
+        # Refusals and "already running" keep their classes.
+        (
+            libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+            libvirt.VIR_FROM_QEMU,
+            "unsupported configuration: Domain requires KVM, but it is not available",
+            StartFailedError,
+        ),
+        (libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_FROM_SSH, "authentication failed", None),
+        (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_FROM_QEMU, "already active", None),
+    ],
+)
+def test_a_failed_start_is_start_failed_unless_the_connection_failed(
+    code: int, domain: int, message: str, expected: type | None
+) -> None:
+    error = classify_start(made(code, message, domain), "kvmhost1: domain 'vm1': start")
+    plain = classify(made(code, message, domain), "kvmhost1: domain 'vm1': start")
+    if expected is None:
+        assert type(error) is type(plain)
+    else:
+        assert type(error) is expected
+        assert isinstance(error, TemporaryError) and error.reason == "StartFailed"
+        assert message in error.message and error.libvirt_message == message
+        assert error.code == code
