@@ -6,7 +6,7 @@ from typing import Any
 
 import kopf
 
-from kvmfleet.handlers import common
+from kvmfleet.handlers import common, indexes
 from kvmfleet.reconcile import vmmasters
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.resource import Resource
@@ -20,20 +20,20 @@ RESOURCE = (GROUP, VERSION, "vmmasters")
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
 async def reconcile(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """Capture the master image from its source node (`clonevm -t`)."""
-    ctx: Context = memo["ctx"]
+    ctx = indexes.bind(memo, kwargs)
     resource = Resource.from_body(body)
     await common.run(KIND, body, patch, logger, lambda: vmmasters.reconcile(ctx, resource))
 
 
 @kopf.timer(*RESOURCE, interval=10.0, initial_delay=10.0)
 async def sync(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """Keep the clone count and the dependants true (they change with other objects)."""
-    ctx: Context = memo["ctx"]
+    ctx = indexes.bind(memo, kwargs)
     resource = Resource.from_body(body)
     await common.run(KIND, body, patch, logger, lambda: vmmasters.sync(ctx, resource))
 

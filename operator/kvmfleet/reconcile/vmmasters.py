@@ -55,7 +55,7 @@ from kvmfleet.domain.vmmaster import (
     partial_name,
 )
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
-from kvmfleet.reconcile import failpoints, imagefiles, vmdisks
+from kvmfleet.reconcile import failpoints, fleetindex, imagefiles, vmdisks
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostaccess import PlacedHost, open_host, read_host
 from kvmfleet.reconcile.outcome import Outcome
@@ -96,11 +96,14 @@ async def _reconcile(ctx: Context, master: Resource) -> Outcome:
     spec = VmMasterSpec.from_dict(master.spec)
     namespace = master.namespace or ""
     outcome = Outcome()
-    nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
-    _count(master, spec, nodes, outcome)
     if master.status.get("phase") == "Ready":  # read-only from now on
+        # The periodic count of clones and dependants reads the watch-fed index, not a LIST.
+        _count(master, spec, await fleetindex.virtualnodes(ctx), outcome)
         _summarise(outcome, ready=True, reason=CAPTURED, message=_ready_message(master.status))
         return outcome
+    # The capture reads the source node whole (and sees a clone created a moment ago).
+    nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
+    _count(master, spec, nodes, outcome)
     source = next(
         (
             n

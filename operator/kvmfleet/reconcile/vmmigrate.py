@@ -52,7 +52,7 @@ from kvmfleet.domain.placement import PlacementRequest, choose_host
 from kvmfleet.domain.specs import KvmHostSpec, VirtualNodeSpec
 from kvmfleet.domain.validation import host_for_uri
 from kvmfleet.errors import KvmfleetError, NotFoundError
-from kvmfleet.reconcile import failpoints, hostusage
+from kvmfleet.reconcile import failpoints, fleetindex, hostusage
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostaccess import PlacedHost, connect_host
 from kvmfleet.reconcile.outcome import Outcome
@@ -102,16 +102,16 @@ async def follow(  # noqa: PLR0915, PLR0917 - one step per outcome of a move
         _settle(node, placement, conds)
         return placement
     hosts: list[dict[str, Any]] = []
-    if target is None:  # one GET per pass; the hosts are listed only for a drain
+    if target is None:  # one index read per pass; the hosts are read only for a drain
         if not await _in_maintenance(ctx, placement.host):
             _settle(node, placement, conds)
             return placement
-        hosts = await ctx.blocking(ctx.kube.list_cluster_objects, "kvmhosts")
+        hosts = await fleetindex.kvmhosts(ctx)
         target = await _drain_target(ctx, node, spec, hosts, placement, conds)
         if target is None:
             return placement
     if not hosts:
-        hosts = await ctx.blocking(ctx.kube.list_cluster_objects, "kvmhosts")
+        hosts = await fleetindex.kvmhosts(ctx)
     by_name = {h["metadata"]["name"]: h for h in hosts}
     source_obj = by_name.get(placement.host)
     if (
@@ -206,7 +206,7 @@ async def follow(  # noqa: PLR0915, PLR0917 - one step per outcome of a move
 
 async def _in_maintenance(ctx: Context, host: str) -> bool:
     try:
-        obj = await ctx.blocking(ctx.kube.get_object, "kvmhosts", host)
+        obj = await fleetindex.kvmhost(ctx, host)
     except NotFoundError:
         return False
     try:
@@ -247,7 +247,7 @@ async def _drain_target(  # noqa: PLR0917 - the pass's context
     conds: dict[str, Condition],
 ) -> str | None:
     """The host a VM without hostRef moves to while its host is in maintenance."""
-    nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
+    nodes = await fleetindex.virtualnodes(ctx)
     snapshots = [s for s in snapshots_without(ctx, node, nodes, hosts) if s.name != placement.host]
     assert node.namespace is not None
     decision = choose_host(PlacementRequest.for_spec(spec, node.namespace), snapshots)
@@ -285,7 +285,7 @@ async def _preflight(  # noqa: PLR0917 - what the checks read
     target_obj: dict[str, Any],
     info: Any,
 ) -> list[Refusal]:
-    nodes = await ctx.blocking(ctx.kube.list_cluster_objects, "virtualnodes")
+    nodes = await fleetindex.virtualnodes(ctx)
     target_name = target_obj["metadata"]["name"]
     snapshot = next(
         (s for s in snapshots_without(ctx, node, nodes, [target_obj]) if s.name == target_name),
