@@ -143,6 +143,7 @@ state_read() {
             TB_LIGHT) [[ "${value}" == 1 ]] && STATE_LIGHT=1 ;;
         esac
     done <"${TB_STATE}"
+    return 0 # not the status of the last test above (TB_LIGHT=0 is a full testbed)
 }
 
 state_write() {
