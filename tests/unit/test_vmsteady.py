@@ -82,6 +82,17 @@ def test_a_console_password_near_its_expiry_needs_a_full_pass() -> None:
         assert vmsteady.settled_status(node, _spec(node), NOW, pending=False) == why
 
 
+class _Index:
+    def __init__(self, data: dict[Any, list[dict[str, Any]]]) -> None:
+        self.data = data
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def values(self) -> Any:
+        return self.data.values()
+
+
 class _Ctx:
     def __init__(self, domains: dict[str, tuple[str, PowerState]]) -> None:
         self.settings = Settings(vm_sync_interval=30, vm_full_sync_interval=600)
@@ -89,6 +100,13 @@ class _Ctx:
             "kvmhost1": inventory.Inventory(time.monotonic(), domains)
         }
         self.last_full: dict[str, float] = {}
+        spec = {
+            "address": "10.0.0.1",
+            "sshKeySecretRef": {"name": "key", "namespace": "kvmfleet"},
+            "hostKeyPolicy": "TrustOnFirstUse",
+        }
+        self.host = fleetindex.slim_kvmhost({"metadata": {"name": "kvmhost1"}, "spec": spec})
+        self.fleet = fleetindex.FleetIndex(_Index({}), _Index({"kvmhost1": [self.host]}))
 
 
 def _unchanged(ctx: Any, node: Resource) -> bool:
@@ -108,6 +126,16 @@ def test_the_inventory_decides_and_drift_fails_the_check() -> None:
     assert not _unchanged(ctx, node)  # another VM's domain of that name
 
 
+def test_a_vm_on_a_host_in_maintenance_gets_the_full_pass_that_drains_it() -> None:
+    node = _node()
+    ctx = _Ctx({"vm1": (UID, PowerState.OFF)})
+    assert _unchanged(ctx, node)
+    ctx.host["spec"]["maintenance"] = True  # kubectl kvm drain: no change of the VM itself
+    assert not _unchanged(ctx, node)
+    ctx.host["spec"]["maintenance"] = False
+    assert _unchanged(ctx, node)
+
+
 def test_a_full_pass_is_due_after_the_full_sync_interval() -> None:
     node = _node()
     ctx = _Ctx({"vm1": (UID, PowerState.OFF)})
@@ -122,17 +150,6 @@ def test_a_full_pass_writes_what_it_saw_into_the_inventory() -> None:
     ctx = _Ctx({"vm1": (UID, PowerState.OFF)})
     vmsteady.passed_full(ctx, node, {"host": "kvmhost1", "powerState": "On", "domainUUID": UID})  # type: ignore[arg-type]
     assert ctx.inventories["kvmhost1"].domains["vm1"] == (UID, PowerState.ON)  # type: ignore[attr-defined]
-
-
-class _Index:
-    def __init__(self, data: dict[Any, list[dict[str, Any]]]) -> None:
-        self.data = data
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def values(self) -> Any:
-        return self.data.values()
 
 
 def test_the_fleet_index_answers_like_a_list() -> None:

@@ -9,6 +9,9 @@ runStrategy wants. That check costs no API request and no host call of its own; 
 the power state (a domain stopped, started or undefined behind our back) fails it and the
 full pass runs, as before.
 
+A VM on a KvmHost in maintenance (read from the watch-fed index, no API request) always
+gets the full pass: that is where a drain moves it.
+
 What the inventory cannot show (a disk removed, the definition edited with ``virsh``, a
 VNC password near its expiry) is caught by a full pass at least every
 ``vm_full_sync_interval``, spread over the interval with jitter so that a restart or a
@@ -29,7 +32,7 @@ from kvmfleet import metrics
 from kvmfleet.domain.conditions import parse_rfc3339
 from kvmfleet.domain.specs import RunStrategy, VirtualNodeSpec
 from kvmfleet.errors import KvmfleetError
-from kvmfleet.reconcile import inventory
+from kvmfleet.reconcile import inventory, vmmigrate
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.resource import Resource
 
@@ -113,6 +116,12 @@ async def _why_full(
     if _full_due(ctx, node.uid):
         return "full sync due"
     host = str(node.status["host"])
+    try:
+        if await vmmigrate.in_maintenance(ctx, host):
+            return "host in maintenance"  # a drain moves the VM: the full pass does that
+    except KvmfleetError as error:
+        log.info("KvmHost %s cannot be read (%s): full pass", host, error)
+        return "host unreadable"
     try:
         found = await inventory.read(ctx, host)
     except KvmfleetError as error:
