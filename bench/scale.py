@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -103,8 +104,15 @@ class Fleet:
         self.polls = 0
 
     def phases(self) -> dict[str, str]:
+        """Each VM's phase; empty when this poll did not finish in time (a loaded machine:
+        kubectl itself needs more than a minute for a LIST of hundreds of objects)."""
         self.polls += 1
-        items = self.cluster.json("get", "vn", "-n", self.ns)["items"]
+        try:
+            out = self.cluster.run("get", "vn", "-n", self.ns, "-o", "json", timeout=300)
+        except subprocess.TimeoutExpired:
+            log("a LIST of the VirtualNodes took more than 300 s; next poll")
+            return {}
+        items = json.loads(out.stdout)["items"]
         return {i["metadata"]["name"]: (i.get("status") or {}).get("phase", "") for i in items}
 
     def wait(
@@ -155,15 +163,28 @@ def vm(ns: str, name: str, host: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole scenario; a phase that fails ends the run with the figures measured so far
+    and ``error`` saying what failed."""
+    result: dict[str, Any] = {"vms": args.vms, "running": args.running}
+    try:
+        _run(args, result)
+    except Exception as error:  # reported with the figures measured so far
+        result["error"] = f"{type(error).__name__}: {error}"[:2000]
+    return result
+
+
+def _run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     doc = json.loads(HOSTS_JSON.read_text())
     hosts = doc["hosts"]
-    cluster = Kubectl(cluster_env())
+    env_of_cluster = cluster_env()  # the kubectl built with the control plane is first on PATH
+    kubectl = Path(env_of_cluster["PATH"].split(":")[0]) / "kubectl"
+    cluster = Kubectl(env_of_cluster["KUBECONFIG"], str(kubectl))
     ns = f"scale-{uuid.uuid4().hex[:6]}"
     names = [f"s{ns[-6:]}-{i:04d}" for i in range(args.vms)]
     env = {"KVMFLEET_VM_SYNC_INTERVAL": str(args.sync)}
     logs = RUN_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"vms": args.vms, "hosts": len(hosts), "running": args.running}
+    result["hosts"] = len(hosts)
     operator = OperatorProcess(cluster.kubeconfig, logs / "bench-scale.log", env, verbose=False)
     operator.start()
     fleet = Fleet(cluster, ns)
@@ -226,7 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             since[name] = time.monotonic()
             cluster.run(
                 "patch", "vn", name, "-n", ns, "--type=merge",
-                "-p", '{"spec":{"runStrategy":"Always"}}',
+                "-p", '{"spec":{"runStrategy":"Always"}}', timeout=300,
             )  # fmt: skip
         running, _ = fleet.wait(chosen, "Running", since, args.timeout)
         result["running_s"] = round(time.monotonic() - started, 1)
@@ -293,7 +314,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cluster.run("delete", "namespace", ns, "--wait=false", check=False)
         operator.stop()
         cluster.apply(host_manifests(doc))
-    return result
 
 
 def report(result: dict[str, Any]) -> str:
@@ -316,6 +336,8 @@ def report(result: dict[str, Any]) -> str:
         ("restart: repeated work", f"{r('restart_repeated')}", "none"),
         ("delete all", f"{r('delete_s')} s", ""),
     ]
+    if r("error"):
+        rows.append(("run ended early", str(r("error")), ""))
     lines = ["| figure | measured | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
