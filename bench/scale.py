@@ -85,6 +85,19 @@ def metric(text: str, name: str) -> float:
     return total
 
 
+def metrics_of(operator: OperatorProcess) -> str:
+    """The operator's /metrics; a scrape slower than its 5 s limit (a loaded machine) is
+    tried again, for at most 2 minutes."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return operator.metrics()
+        except OSError:  # socket timeouts and refused connections
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def proc_stat(pid: int) -> tuple[float, float]:
     """(CPU seconds, RSS MiB) of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -257,14 +270,14 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
         # -- steady --
         time.sleep(2 * args.sync)
-        text0, req0 = operator.metrics(), apiserver_requests(cluster)
+        text0, req0 = metrics_of(operator), apiserver_requests(cluster)
         assert operator.proc is not None
         cpu0, _ = proc_stat(operator.proc.pid)
         t0 = time.monotonic()
         time.sleep(args.steady)
         took = time.monotonic() - t0
         cpu1, rss = proc_stat(operator.proc.pid)
-        text1, req1 = operator.metrics(), apiserver_requests(cluster)
+        text1, req1 = metrics_of(operator), apiserver_requests(cluster)
         per_min = 60.0 / took
         steady = per_resource(req1, req0)
         result["steady_api_requests_per_min"] = {
@@ -289,12 +302,12 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         started = time.monotonic()
         operator.start()
         while time.monotonic() - started < args.timeout:
-            text = operator.metrics()
+            text = metrics_of(operator)
             if metric(text, "kvmfleet_vm_steady_checks_total") >= args.vms:
                 break
             time.sleep(2)
         result["restart_s"] = round(time.monotonic() - started, 1)
-        text = operator.metrics()
+        text = metrics_of(operator)
         result["restart_full_passes"] = metric(text, "kvmfleet_vm_full_passes_total")
         result["restart_repeated"] = {
             op: sum(
