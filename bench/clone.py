@@ -286,6 +286,7 @@ class CloneBench(vc.Bench):
         listing.write_text("".join(f"{a} {b}\n" for a, b in pairs))
         script = self.work / f"{tag}.sh"
         script.write_text(LOOP.format(fn=fn, listing=listing.name))
+        probe = vc.Probe(self.op.pid, self.shared)
         started_wall, started = time.time(), time.monotonic()
         proc = subprocess.run(
             ["bash", str(script)],
@@ -306,6 +307,7 @@ class CloneBench(vc.Bench):
         row = Row(case="", path="manual", data=0, items=len(pairs), repeat=0)
         row.seconds = round(elapsed, 3)
         row.per_item = spread(stamps)
+        row.details = {"machine": probe.finish()}
         return row
 
     def kvmfleet(
@@ -625,7 +627,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--namespace", default="bench", help="namespace (must start with bench)")
     parser.add_argument("--control-plane", choices=("private", "shared"), default="private",
                         help="as in vm_create.py (default private)")  # fmt: skip
-    parser.add_argument("--vm-sync-interval", type=float, default=5)
+    parser.add_argument("--vm-sync-interval", type=float, default=30,
+                        help="KVMFLEET_VM_SYNC_INTERVAL (default 30)")  # fmt: skip
     parser.add_argument("--verbose-operator", action="store_true")
     parser.add_argument("--json", type=Path, help="write every row and the summary here")
     args = parser.parse_args(argv)
