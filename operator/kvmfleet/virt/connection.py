@@ -673,6 +673,12 @@ class LibvirtPool:
         for previous in old:
             previous.retire()  # a call may still run on it: closed when it returns
 
+    def dedicated(self, target: LibvirtTarget) -> LibvirtConnection:
+        """A new connection to ``target`` outside the pool (the caller closes it), for one
+        long call (a migration) that must not hold the pooled connection's calls
+        (progress, abort) behind it. Opened in the calling thread: its deadline applies."""
+        return self._open(target)
+
     def invalidate(self, target: LibvirtTarget | str) -> None:
         """Close and forget the connections to a target (or to a URI)."""
         uri = target if isinstance(target, str) else target.uri
