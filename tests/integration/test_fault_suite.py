@@ -17,7 +17,6 @@ Longer variants (repetitions, more VMs) are bench/faults.py.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
@@ -31,18 +30,7 @@ from support.cluster import Kubectl, OperatorProcess
 from support.testbed import RUN_DIR as REPO_RUN
 from support.testbed import host_manifests, kvmhost, on_host, run_testbed
 
-pytestmark = [
-    pytest.mark.testbed,
-    pytest.mark.timeout(600),
-    # Not yet passing on a quiet fresh machine: with a host's libvirtd hung or killed the
-    # VM on it is not reported within the bound, and the operator has crashed inside
-    # libvirt's client library during a hang (issue 9, docs/operations.md "Faults").
-    pytest.mark.skipif(
-        not os.environ.get("KVMFLEET_FAULT_TESTS"),
-        reason="fault suite does not pass yet (issue 9: libvirtd hung/killed cases); "
-        "run it with KVMFLEET_FAULT_TESTS=1",
-    ),
-]
+pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = "dir:///var/lib/kvmfleet/images"
