@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +16,17 @@ from kubernetes import client as kclient
 from kubernetes import config as kconfig
 
 from support.cluster import Kubectl, OperatorProcess
-from support.objects import condition, events, gone, is_, poke, vm
-from support.testbed import RUN_DIR, host_manifests, kvmhost, on_host
+from support.objects import (
+    apply_testbed_hosts,
+    condition,
+    events,
+    gone,
+    is_,
+    poke,
+    scratch_namespace,
+    vm,
+)
+from support.testbed import RUN_DIR, kvmhost, on_host
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
 
@@ -42,19 +50,11 @@ def domain_state(host: str, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def hosts(cluster: Kubectl, operator: OperatorProcess, testbed: dict[str, Any]) -> list[str]:
-    cluster.apply(host_manifests(testbed))
-    names = [h["name"] for h in testbed["hosts"]]
-    for name in names:
-        cluster.wait_for(is_("Ready", "True"), "kh", name, timeout=120)
-    return names
+    return apply_testbed_hosts(cluster, testbed)
 
 
 def _namespace(cluster: Kubectl) -> Iterator[str]:
-    name = f"ds-{uuid.uuid4().hex[:6]}"
-    cluster.run("create", "namespace", name)
-    yield name
-    cluster.run("delete", "vn", "--all", "-n", name, "--timeout=120s", check=False, timeout=150)
-    cluster.run("delete", "namespace", name, "--wait=false", check=False)
+    yield from scratch_namespace(cluster, "ds", timeout=120)
 
 
 @pytest.fixture

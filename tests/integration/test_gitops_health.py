@@ -23,8 +23,8 @@ import yaml
 
 from support.cluster import Kubectl, OperatorProcess, free_port
 from support.gitops import CUSTOMIZATIONS, argocd_health, kstatus, strip_object
-from support.objects import condition
-from support.testbed import host_manifests, kvmhost
+from support.objects import apply_testbed_hosts, condition, scratch_namespace
+from support.testbed import kvmhost
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
 
@@ -107,21 +107,12 @@ def warnings_for(cluster: Kubectl, name: str, namespace: str) -> list[dict[str, 
 
 @pytest.fixture(scope="module")
 def hosts(cluster: Kubectl, operator: OperatorProcess, testbed: dict[str, Any]) -> list[str]:
-    cluster.apply(host_manifests(testbed))
-    names = [h["name"] for h in testbed["hosts"]]
-    for name in names:
-        cluster.wait_for(reason_is("Ready", "True", "HostReady"), "kh", name, timeout=120)
-    return names
+    return apply_testbed_hosts(cluster, testbed, ready=reason_is("Ready", "True", "HostReady"))
 
 
 @pytest.fixture
 def ns(cluster: Kubectl) -> Iterator[str]:
-    name = f"gh-{uuid.uuid4().hex[:6]}"
-    cluster.run("create", "namespace", name)
-    yield name
-    cluster.run("delete", "vn", "--all", "-n", name, "--timeout=180s", check=False, timeout=200)
-    cluster.run("delete", "vmm", "--all", "-n", name, "--timeout=60s", check=False)
-    cluster.run("delete", "namespace", name, "--wait=false", check=False)
+    yield from scratch_namespace(cluster, "gh", kinds="vn,vmm")
 
 
 def test_kvmhost_health(

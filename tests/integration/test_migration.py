@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,8 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
-from support.testbed import RUN_DIR, host_manifests, on_host, run_testbed
+from support.objects import apply_testbed_hosts, scratch_namespace
+from support.testbed import RUN_DIR, on_host, run_testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
 
@@ -101,26 +101,20 @@ def ticks(namespace: str, name: str, timeout: float = 150) -> tuple[list[int], s
 
 @pytest.fixture(scope="module")
 def hosts(cluster: Kubectl, operator: OperatorProcess, testbed: dict[str, Any]) -> list[str]:
-    cluster.apply(host_manifests(testbed))
-    names = [h["name"] for h in testbed["hosts"]]
     kinds = {h["virtualization"] for h in testbed["hosts"] if h["name"] in ("kvmhost1", "kvmhost2")}
     assert len(kinds) == 1, f"kvmhost1 and kvmhost2 must be of one kind: {testbed['hosts']}"
-    for name in names:
-        cluster.wait_for(is_("Ready", "True"), "kh", name, timeout=120)
-    return names
+    return apply_testbed_hosts(cluster, testbed)
 
 
 @pytest.fixture
 def ns(cluster: Kubectl) -> Iterator[str]:
-    name = f"mig-{uuid.uuid4().hex[:6]}"
-    cluster.run("create", "namespace", name)
-    yield name
+    namespace = scratch_namespace(cluster, "mig")
+    yield next(namespace)
     for host in ("kvmhost1", "kvmhost2"):
         cluster.run("patch", "kh", host, "--type=merge", "-p",
                     '{"spec":{"maintenance":false,"overcommit":{"cpu":16,"memory":1}}}',
                     check=False)  # fmt: skip
-    cluster.run("delete", "vn", "--all", "-n", name, "--timeout=180s", check=False, timeout=200)
-    cluster.run("delete", "namespace", name, "--wait=false", check=False)
+    next(namespace, None)
 
 
 def test_kvm1_moves_live_to_kvmhost2_without_a_restart(

@@ -14,7 +14,6 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess, free_port
-from support.objects import is_, vm
-from support.testbed import RUN_DIR, host_manifests
+from support.objects import apply_testbed_hosts, is_, scratch_namespace, vm
+from support.testbed import RUN_DIR
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
 
@@ -118,20 +117,12 @@ def prometheus(
 
 @pytest.fixture(scope="module")
 def hosts(cluster: Kubectl, operator: OperatorProcess, testbed: dict[str, Any]) -> list[str]:
-    cluster.apply(host_manifests(testbed))
-    names = [h["name"] for h in testbed["hosts"]]
-    for name in names:
-        cluster.wait_for(READY, "kh", name, timeout=180)
-    return names
+    return apply_testbed_hosts(cluster, testbed, ready=READY, timeout=180)
 
 
 @pytest.fixture
 def ns(cluster: Kubectl) -> Iterator[str]:
-    name = f"prom-{uuid.uuid4().hex[:6]}"
-    cluster.run("create", "namespace", name)
-    yield name
-    cluster.run("delete", "vn", "--all", "-n", name, "--timeout=180s", check=False, timeout=200)
-    cluster.run("delete", "namespace", name, "--wait=false", check=False)
+    yield from scratch_namespace(cluster, "prom")
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 1.0) -> Any:

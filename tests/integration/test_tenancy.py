@@ -23,7 +23,6 @@ import json
 import re
 import secrets
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -31,8 +30,8 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
-from support.objects import condition, events, is_, vm
-from support.testbed import RUN_DIR, host_manifests, on_host
+from support.objects import apply_testbed_hosts, condition, events, is_, scratch_namespace, vm
+from support.testbed import RUN_DIR, on_host
 from support.vnc import vnc_password_accepted
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
@@ -77,20 +76,12 @@ def files_named(host: str, directory: str, name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def hosts(cluster: Kubectl, operator: OperatorProcess, testbed: dict[str, Any]) -> list[str]:
-    cluster.apply(host_manifests(testbed))
-    names = [h["name"] for h in testbed["hosts"]]
-    for name in names:
-        cluster.wait_for(is_("Ready", "True"), "kh", name, timeout=120)
-    return names
+    return apply_testbed_hosts(cluster, testbed)
 
 
 @pytest.fixture
 def ns(cluster: Kubectl) -> Iterator[str]:
-    name = f"tn-{uuid.uuid4().hex[:6]}"
-    cluster.run("create", "namespace", name)
-    yield name
-    cluster.run("delete", "vn", "--all", "-n", name, "--timeout=180s", check=False, timeout=200)
-    cluster.run("delete", "namespace", name, "--wait=false", check=False)
+    yield from scratch_namespace(cluster, "tn")
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +21,16 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
-from support.objects import condition, events, is_, vm, wait_until
-from support.testbed import RUN_DIR, host_manifests, on_host, run_testbed
+from support.objects import (
+    apply_testbed_hosts,
+    condition,
+    events,
+    is_,
+    scratch_namespace,
+    vm,
+    wait_until,
+)
+from support.testbed import RUN_DIR, on_host, run_testbed
 from support.vnc import vnc_password_accepted
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(900)]
@@ -90,21 +97,13 @@ def annotate(cluster: Kubectl, namespace: str, name: str, action: str) -> str:
 
 @pytest.fixture(scope="module")
 def hosts(cluster: Kubectl, operator: OperatorProcess, testbed: dict[str, Any]) -> list[str]:
-    cluster.apply(host_manifests(testbed))
-    names = [h["name"] for h in testbed["hosts"]]
-    for name in names:
-        cluster.wait_for(is_("Ready", "True"), "kh", name, timeout=120)
-    return names
+    return apply_testbed_hosts(cluster, testbed)
 
 
 @pytest.fixture
 def ns(cluster: Kubectl) -> Iterator[str]:
     """A namespace whose VirtualNodes are deleted (with their disks) after the test."""
-    name = f"vm-{uuid.uuid4().hex[:6]}"
-    cluster.run("create", "namespace", name)
-    yield name
-    cluster.run("delete", "vn", "--all", "-n", name, "--timeout=180s", check=False, timeout=200)
-    cluster.run("delete", "namespace", name, "--wait=false", check=False)
+    yield from scratch_namespace(cluster, "vm")
 
 
 def host_of_kind(testbed: dict[str, Any], virtualization: str) -> str:

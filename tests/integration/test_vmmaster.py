@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ from typing import Any
 import pytest
 
 from support.cluster import Kubectl, OperatorProcess
-from support.objects import condition, is_
-from support.testbed import RUN_DIR, host_manifests, on_host
+from support.objects import apply_testbed_hosts, condition, is_, scratch_namespace
+from support.testbed import RUN_DIR, on_host
 
 pytestmark = [pytest.mark.testbed, pytest.mark.timeout(600)]
 
@@ -97,20 +96,12 @@ def events(cluster: Kubectl, namespace: str, name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def hosts(cluster: Kubectl, operator: OperatorProcess, testbed: dict[str, Any]) -> list[str]:
-    cluster.apply(host_manifests(testbed))
-    names = [h["name"] for h in testbed["hosts"]]
-    for name in names:
-        cluster.wait_for(is_("Ready", "True"), "kh", name, timeout=120)
-    return names
+    return apply_testbed_hosts(cluster, testbed)
 
 
 @pytest.fixture
 def ns(cluster: Kubectl) -> Iterator[str]:
-    name = f"vmm-{uuid.uuid4().hex[:6]}"
-    cluster.run("create", "namespace", name)
-    yield name
-    cluster.run("delete", "vmm,vn", "--all", "-n", name, "--timeout=120s", check=False, timeout=150)
-    cluster.run("delete", "namespace", name, "--wait=false", check=False)
+    yield from scratch_namespace(cluster, "vmm", kinds="vmm,vn", timeout=120)
 
 
 def nfs_dir(testbed: dict[str, Any]) -> Path:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from support.cluster import Kubectl
+from support.testbed import host_manifests
 
 
 def vm(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
@@ -67,3 +69,34 @@ def wait_until(
     while not predicate():
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
         time.sleep(interval)
+
+
+def apply_testbed_hosts(
+    cluster: Kubectl,
+    testbed: dict[str, Any],
+    names: list[str] | None = None,
+    ready: Callable[[dict[str, Any]], bool] | None = None,
+    timeout: float = 120,
+) -> list[str]:
+    """Apply the testbed's hosts (all, or ``names``) as KvmHosts and wait until each is
+    Ready (or ``ready`` holds); their names."""
+    cluster.apply(host_manifests(testbed, names))
+    applied = names or [str(h["name"]) for h in testbed["hosts"]]
+    for name in applied:
+        cluster.wait_for(ready or is_("Ready", "True"), "kh", name, timeout=timeout)
+    return applied
+
+
+def scratch_namespace(
+    cluster: Kubectl, prefix: str, kinds: str = "vn", timeout: int = 180
+) -> Iterator[str]:
+    """A fresh namespace ``<prefix>-xxxxxx`` for one test; afterwards its objects of
+    ``kinds`` are deleted (waiting up to ``timeout`` s, so their disks go too), then it."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.run("create", "namespace", name)
+    yield name
+    cluster.run(
+        "delete", kinds, "--all", "-n", name, f"--timeout={timeout}s",
+        check=False, timeout=timeout + 20,
+    )  # fmt: skip
+    cluster.run("delete", "namespace", name, "--wait=false", check=False)

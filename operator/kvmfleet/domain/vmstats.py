@@ -67,38 +67,39 @@ def _seconds(record: Mapping[str, Any], key: str) -> float | None:
     return None if value is None else value * _NS
 
 
+def _devices(record: Mapping[str, Any], kind: str) -> list[tuple[str, str]]:
+    """``(name, key prefix)`` of each named device of ``kind`` (``block``/``net``)."""
+    devices = []
+    for index in range(_int(record, f"{kind}.count") or 0):
+        prefix = f"{kind}.{index}."
+        name = record.get(prefix + "name")
+        if isinstance(name, str) and name:
+            devices.append((name, prefix))
+    return devices
+
+
 def parse_domain_stats(name: str, record: Mapping[str, Any]) -> DomainStats:
     """One domain's record from ``getAllDomainStats`` in base units."""
-    blocks = []
-    for index in range(_int(record, "block.count") or 0):
-        prefix = f"block.{index}."
-        drive = record.get(prefix + "name")
-        if not isinstance(drive, str) or not drive:
-            continue
-        blocks.append(
-            BlockStats(
-                drive=drive,
-                read_bytes=_int(record, prefix + "rd.bytes"),
-                write_bytes=_int(record, prefix + "wr.bytes"),
-                read_requests=_int(record, prefix + "rd.reqs"),
-                write_requests=_int(record, prefix + "wr.reqs"),
-            )
+    blocks = [
+        BlockStats(
+            drive=drive,
+            read_bytes=_int(record, prefix + "rd.bytes"),
+            write_bytes=_int(record, prefix + "wr.bytes"),
+            read_requests=_int(record, prefix + "rd.reqs"),
+            write_requests=_int(record, prefix + "wr.reqs"),
         )
-    interfaces = []
-    for index in range(_int(record, "net.count") or 0):
-        prefix = f"net.{index}."
-        interface = record.get(prefix + "name")
-        if not isinstance(interface, str) or not interface:
-            continue
-        interfaces.append(
-            InterfaceStats(
-                interface=interface,
-                receive_bytes=_int(record, prefix + "rx.bytes"),
-                transmit_bytes=_int(record, prefix + "tx.bytes"),
-                receive_packets=_int(record, prefix + "rx.pkts"),
-                transmit_packets=_int(record, prefix + "tx.pkts"),
-            )
+        for drive, prefix in _devices(record, "block")
+    ]
+    interfaces = [
+        InterfaceStats(
+            interface=interface,
+            receive_bytes=_int(record, prefix + "rx.bytes"),
+            transmit_bytes=_int(record, prefix + "tx.bytes"),
+            receive_packets=_int(record, prefix + "rx.pkts"),
+            transmit_packets=_int(record, prefix + "tx.pkts"),
         )
+        for interface, prefix in _devices(record, "net")
+    ]
     return DomainStats(
         name=name,
         cpu_seconds=_seconds(record, "cpu.time"),
