@@ -28,8 +28,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "tests/integration/test_fault_suite.py"
-FAULT = re.compile(r"^FAULT \| (.+?) \| (.+?) \| (.+?) \| (\S+)$", re.MULTILINE)
-SIDE = re.compile(r"^SIDE-BY-SIDE \| (.+)$", re.MULTILINE)
+# pytest -s prints a test's output right after its progress mark ("." or the module
+# name), so a line does not necessarily start with FAULT.
+FAULT = re.compile(r"FAULT \| (.+?) \| (.+?) \| (.+?) \| (\S+)$", re.MULTILINE)
+SIDE = re.compile(r"SIDE-BY-SIDE \| (.+)$", re.MULTILINE)
 
 
 def run_once(select: str | None) -> tuple[int, str]:
