@@ -7,8 +7,12 @@ another host's libvirtd hung). This runs the suite ``--repeat`` times (optionall
 tests ``-k`` selects), then prints the table of docs/operations.md with the median and
 the worst recovery time of each case, and every side-by-side figure.
 
+``--from-log FILE...`` builds the same table from saved outputs of the suite (``pytest
+tests/integration/test_fault_suite.py -s``) instead of running it.
+
 Usage (see bench/README.md):
   .venv/bin/python bench/faults.py [--repeat 3] [-k EXPR] [--json out.json]
+  .venv/bin/python bench/faults.py --from-log run1.log run2.log
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "tests/integration/test_fault_suite.py"
-FAULT = re.compile(r"^FAULT \| (.+?) \| (.+?) \| (.+?) \| (\S+)$", re.MULTILINE)
-SIDE = re.compile(r"^SIDE-BY-SIDE \| (.+)$", re.MULTILINE)
+# pytest -s prints a test's output right after its progress mark ("." or the module
+# name), so a line does not necessarily start with FAULT.
+FAULT = re.compile(r"FAULT \| (.+?) \| (.+?) \| (.+?) \| (\S+)$", re.MULTILINE)
+SIDE = re.compile(r"SIDE-BY-SIDE \| (.+)$", re.MULTILINE)
 
 
 def run_once(select: str | None) -> tuple[int, str]:
@@ -46,14 +52,21 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("-k", dest="select", default=None, help="pytest -k expression")
     parser.add_argument("--json", type=Path, default=None, help="write the raw results here")
+    parser.add_argument(
+        "--from-log", nargs="+", type=Path, default=None, help="saved outputs of the suite"
+    )
     args = parser.parse_args()
     cases: dict[tuple[str, str], list[tuple[str, float | None]]] = defaultdict(list)
     sides: list[str] = []
     failed = 0
-    for n in range(args.repeat):
-        code, output = run_once(args.select)
-        failed += code != 0
-        print(f"run {n + 1}/{args.repeat}: pytest exit {code}", file=sys.stderr)
+    outputs = [p.read_text() for p in args.from_log] if args.from_log else None
+    for n in range(len(outputs) if outputs is not None else args.repeat):
+        if outputs is not None:
+            output = outputs[n]
+        else:
+            code, output = run_once(args.select)
+            failed += code != 0
+            print(f"run {n + 1}/{args.repeat}: pytest exit {code}", file=sys.stderr)
         for fault, phase, outcome, took in FAULT.findall(output):
             cases[(fault, phase)].append((outcome, seconds(took)))
         sides += SIDE.findall(output)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import sys
 from collections.abc import Sequence
@@ -78,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         verbose=args.verbose,
     )
     logging.basicConfig(level=logging.DEBUG if settings.verbose else logging.INFO)
+    # A crash in a C library (libvirt's client) leaves every thread's Python stack in the log.
+    faulthandler.enable()
     try:
         return run_operator(settings)
     except KeyboardInterrupt:

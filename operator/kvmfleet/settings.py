@@ -106,6 +106,11 @@ class Settings:
     libvirt_call_timeout: float = 120.0
     """Deadline of one blocking libvirt call (the caller stops waiting; temporary)."""
 
+    libvirt_open_timeout: float = 30.0
+    """Seconds a caller waits for a new libvirt connection to a host (a hung libvirtd
+    accepts the connection but never answers it); then LibvirtUnavailable. The opening
+    goes on in the background and its connection is used once it answers."""
+
     migration_timeout: float = 300.0
     """Deadline of one live migration (seconds): past it the job is aborted
     (virDomainAbortJob) and the VM keeps running on its source host."""

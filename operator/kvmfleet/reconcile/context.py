@@ -117,7 +117,10 @@ class Context:
             kube=kube,
             executor=executor,
             ssh=SshPool(options, observer=metrics.set_ssh_backlog),
-            libvirt=LibvirtPool(functools.partial(open_connection, keepalive=keepalive)),
+            libvirt=LibvirtPool(
+                functools.partial(open_connection, keepalive=keepalive, serialize=True),
+                open_timeout=settings.libvirt_open_timeout,
+            ),
         )
 
     def lock(self, key: str) -> asyncio.Lock:

@@ -442,9 +442,10 @@ async def _live(  # noqa: PLR0917 - both hosts, both connections, the pass
         ctx.on_host(
             source.name,
             settings.migration_timeout + settings.libvirt_call_timeout,
-            virt.migrate,
-            source_conn,
-            target_conn,
+            virt.migrate_on_own_connections,
+            ctx.libvirt,
+            source.session.libvirt_target(),
+            target.session.libvirt_target(),
             node.name,
             migrate_uri=f"tcp://{host_for_uri(target.spec.address)}",
             bandwidth_mib=settings.migration_bandwidth_mib,

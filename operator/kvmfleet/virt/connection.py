@@ -37,6 +37,7 @@ fails (temporary) instead of blocking forever. The caller adds a per-call deadli
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import os
@@ -44,7 +45,6 @@ import shutil
 import stat
 import tempfile
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +59,7 @@ from kvmfleet.domain.validation import (
     validate_libvirt_uri,
 )
 from kvmfleet.errors import PermanentError
-from kvmfleet.virt.errors import classify
+from kvmfleet.virt.errors import UNAVAILABLE_DELAY, LibvirtUnavailableError, classify
 
 log = logging.getLogger(__name__)
 
@@ -349,65 +349,166 @@ def ssh_failure(stderr: str, expected_host_key: str) -> str:
 # --- connection -------------------------------------------------------------------------------
 
 
-def _release(conn: Any, label: str, workdir: Path | None) -> None:
-    """Close a retired connection once nothing references its wrapper any more."""
-    try:
-        conn.close()
-    except libvirt.libvirtError as error:
-        log.debug("libvirt %s: close failed: %s", label, error)
-    finally:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+_LIBVIRT_CLASSES = tuple(
+    getattr(libvirt, name)
+    for name in (
+        "virConnect",
+        "virDomain",
+        "virDomainSnapshot",
+        "virDomainCheckpoint",
+        "virStoragePool",
+        "virStorageVol",
+        "virNetwork",
+        "virNetworkPort",
+        "virInterface",
+        "virNodeDevice",
+        "virSecret",
+        "virNWFilter",
+        "virNWFilterBinding",
+        "virStream",
+    )
+    if hasattr(libvirt, name)
+)
+
+
+class SerializedCalls:
+    """A libvirt object (the connection, or a domain, pool, volume... of it) whose method
+    calls run one at a time on their connection.
+
+    Each call holds the connection's call lock; what a call returns (a domain, a list of
+    domains, ``getAllDomainStats``' pairs) is wrapped the same way, and wrapped
+    arguments are unwrapped. Attributes that are not methods are read as they are.
+    """
+
+    __slots__ = ("_libvirt_object", "_owner")
+
+    def __init__(self, obj: Any, owner: LibvirtConnection) -> None:
+        self._libvirt_object = obj
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._libvirt_object, name)
+        if not callable(value):
+            return value
+        owner = self._owner
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            plain = tuple(_unwrap(arg) for arg in args)
+            named = {key: _unwrap(arg) for key, arg in kwargs.items()}
+            return _wrap(owner.call(value, *plain, **named), owner)
+
+        call.__name__ = name
+        return call
+
+    def __repr__(self) -> str:
+        return f"SerializedCalls({self._libvirt_object!r})"
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, SerializedCalls):
+        return value._libvirt_object  # the wrapper's own object
+    return value
+
+
+def _wrap(value: Any, owner: LibvirtConnection) -> Any:
+    if isinstance(value, _LIBVIRT_CLASSES):
+        return SerializedCalls(value, owner)
+    if isinstance(value, list):
+        return [_wrap(item, owner) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_wrap(item, owner) for item in value)
+    return value
 
 
 class LibvirtConnection:
     """An open libvirt connection (``conn``) and the private directory behind it.
 
-    Thread-safe (libvirt multiplexes calls on one connection). Closing it removes the
-    directory.
+    May be shared by threads. With ``serialize`` (what :class:`LibvirtPool` hands out)
+    the calls on it run one at a time: ``conn`` and every object it returns are
+    :class:`SerializedCalls`. libvirt 9.0's client is not safe with several threads
+    waiting on one connection: a thread that waits for a reply runs the connection's
+    private event loop with a socket watch pointing into its own stack, and when another
+    thread (or the keepalive timer) interrupts that loop the watch stays registered after
+    the call returned; the next thread that runs the loop calls it with a dead stack
+    frame and the process segfaults in ``virNetClientIOEventFD``. That is what happened
+    when a hung (SIGSTOPped) libvirtd resumed and the calls queued behind it all ran at
+    once. One call at a time leaves a single waiter per connection; the libvirt event
+    loop thread still sends the keepalive beside it, as libvirt intends.
+
+    :meth:`close` never closes the libvirt connection under a call in flight (a call
+    may wait on a hung libvirtd until the keepalive ends it): the call closes it when it
+    returns. Closing removes the directory. Unserialized connections (a console, whose
+    stream is read and written from two threads) close at once.
     """
 
-    def __init__(self, conn: Any, label: str, workdir: Path | None = None) -> None:
-        self.conn = conn
+    def __init__(
+        self, conn: Any, label: str, workdir: Path | None = None, *, serialize: bool = False
+    ) -> None:
+        self._raw = conn
         self.label = label
         self._workdir = workdir
         self._closed = False
+        self._released = False
+        self._lock = threading.Lock()
+        self.serialized = serialize
+        self.conn: Any = SerializedCalls(conn, self) if serialize else conn
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one libvirt call while no other runs on this connection."""
+        with self._lock:
+            if self._released:
+                raise LibvirtUnavailableError(
+                    f"{self.label}: the connection was closed", delay=UNAVAILABLE_DELAY
+                )
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if self._closed:
+                    self._release()
 
     def is_alive(self) -> bool:
-        """True while the connection is usable (``virConnectIsAlive``)."""
+        """True while the connection is usable (``virConnectIsAlive``: local, never
+        waits for the daemon nor for a call in flight)."""
         if self._closed:
             return False
         try:
-            return bool(self.conn.isAlive() == 1)
+            return bool(self._raw.isAlive() == 1)
         except libvirt.libvirtError:
             return False
 
     def close(self) -> None:
-        """Close the connection and remove its private files (idempotent)."""
+        """Close the connection and remove its private files (idempotent). With a call in
+        flight on a serialized connection, that call closes it when it returns."""
         if self._closed:
             return
         self._closed = True
+        if not self.serialized:
+            with self._lock:
+                self._release()
+            return
+        if self._lock.acquire(blocking=False):
+            try:
+                self._release()
+            finally:
+                self._lock.release()
+
+    def retire(self) -> None:
+        """Stop using this connection: closed now, or by the call in flight when it
+        returns (:meth:`close`)."""
+        self.close()
+
+    def _release(self) -> None:
+        """Close the libvirt connection (the call lock is held)."""
+        if self._released:
+            return
+        self._released = True
         try:
-            self.conn.close()
+            self._raw.close()
         except libvirt.libvirtError as error:
             log.debug("libvirt %s: close failed: %s", self.label, error)
         finally:
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
-
-    def retire(self) -> None:
-        """Stop handing this connection out, but close it only once no one uses it.
-
-        A call may still run on it in another thread (one that hung on a SIGSTOPped
-        libvirtd returns when the daemon resumes): closing the libvirt connection under
-        a call in flight is not safe in libvirt's client.
-        The real close, and the removal of the private directory, happen when the last
-        user drops this object.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        weakref.finalize(self, _release, self.conn, self.label, self._workdir)
 
     @property
     def closed(self) -> bool:
@@ -428,11 +529,15 @@ def open_connection(
     target: LibvirtTarget,
     runtime_dir: Path | None = None,
     keepalive: Keepalive | None = Keepalive(),
+    *,
+    serialize: bool = False,
 ) -> LibvirtConnection:
     """Open a connection to ``target`` with its host key pinned; classified errors.
 
     With ``keepalive`` (the default) the event loop is started and the connection gets
-    client keepalive, so a libvirtd that stops answering ends it.
+    client keepalive, so a libvirtd that stops answering ends it. Keepalive starts once
+    the connection is open: opening itself waits as long as libvirtd does not answer
+    (:class:`LibvirtPool` bounds the wait). ``serialize``: see :class:`LibvirtConnection`.
 
     A refused host key raises LibvirtHostKeyError (permanent), a refused SSH key
     LibvirtAuthError (permanent), an unreachable host LibvirtUnavailableError (temporary).
@@ -472,7 +577,7 @@ def open_connection(
             conn.setKeepAlive(keepalive.interval, keepalive.count)
         except libvirt.libvirtError as error:
             log.warning("libvirt %s: no keepalive: %s", target.label, error)
-    return LibvirtConnection(conn, target.label, workdir)
+    return LibvirtConnection(conn, target.label, workdir, serialize=serialize)
 
 
 # --- pool -------------------------------------------------------------------------------------
@@ -482,38 +587,97 @@ Opener = Callable[[LibvirtTarget], LibvirtConnection]
 """What :class:`LibvirtPool` calls to open a connection (:func:`open_connection`)."""
 
 
+@dataclass(eq=False)
+class _Opening:
+    """A connection being opened in the background: its result once ``done`` is set."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    connection: LibvirtConnection | None = None
+    error: BaseException | None = None
+
+
 class LibvirtPool:
     """One live connection per target (URI, host key, private key); thread-safe.
 
     :meth:`connection` returns the pooled connection while ``isAlive()`` says so and opens
-    a new one otherwise. When the expected host key or the key of a URI changes, the old
-    connection to that URI is closed. All calls block.
+    a new one otherwise. Connections come from ``opener`` (:func:`open_connection`, with
+    ``serialize=True``: one call at a time per connection, see :class:`LibvirtConnection`).
+
+    Opening runs in a thread of its own, one at a time per target: a libvirtd that is
+    hung accepts the connection and never answers, and keepalive only starts once it is
+    open. A caller waits at most ``open_timeout`` seconds for it, then gets
+    :class:`~kvmfleet.virt.errors.LibvirtUnavailableError`; the callers after it wait for
+    the same opening instead of starting (and stranding) one each. When the daemon
+    answers at last, the new connection goes into the pool. When the expected host key or
+    the key of a URI changes, the old connection to that URI is closed (once no call
+    runs on it).
     """
 
-    def __init__(self, opener: Opener | None = None) -> None:
-        self._open: Opener = opener or open_connection
+    def __init__(self, opener: Opener | None = None, open_timeout: float = 30.0) -> None:
+        self._open: Opener = opener or functools.partial(open_connection, serialize=True)
+        self._open_timeout = open_timeout
         self._lock = threading.Lock()
-        self._open_locks: dict[str, threading.Lock] = {}
         self._connections: dict[tuple[str, str, str], LibvirtConnection] = {}
+        self._opening: dict[tuple[str, str, str], _Opening] = {}
+        self._closed = False
 
     def connection(self, target: LibvirtTarget) -> LibvirtConnection:
         """A live connection to ``target`` (reopened if the pooled one died)."""
         key = target.pool_key
         with self._lock:
-            open_lock = self._open_locks.setdefault(target.uri, threading.Lock())
-        with open_lock:
-            with self._lock:
-                existing = self._connections.get(key)
-            if existing is not None and existing.is_alive():
-                return existing
+            existing = self._connections.get(key)
+        if existing is not None and existing.is_alive():
+            return existing
+        with self._lock:
+            opening = self._opening.get(key)
+            if opening is None:
+                opening = self._opening[key] = _Opening()
+                threading.Thread(
+                    target=self._open_in_background,
+                    args=(target, opening),
+                    name=f"libvirt-open-{target.host}"[:40],
+                    daemon=True,
+                ).start()
+        if not opening.done.wait(self._open_timeout):
+            raise LibvirtUnavailableError(
+                f"{target.label}: libvirtd did not answer a new connection within "
+                f"{self._open_timeout:g}s (hung?); still waiting for it",
+                delay=UNAVAILABLE_DELAY,
+            )
+        if opening.error is not None:
+            raise opening.error
+        assert opening.connection is not None
+        return opening.connection
+
+    def _open_in_background(self, target: LibvirtTarget, opening: _Opening) -> None:
+        key = target.pool_key
+        old: list[LibvirtConnection] = []
+        try:
             connection = self._open(target)
+        except BaseException as error:  # handed to the callers waiting
+            opening.error = error
+        else:
+            opening.connection = connection
             with self._lock:
-                stale = [k for k in self._connections if k[0] == target.uri]
-                old = [self._connections.pop(k) for k in stale]
-                self._connections[key] = connection
+                if self._closed:
+                    old.append(connection)
+                else:
+                    stale = [k for k in self._connections if k[0] == target.uri]
+                    old.extend(self._connections.pop(k) for k in stale)
+                    self._connections[key] = connection
+        finally:
+            with self._lock:
+                if self._opening.get(key) is opening:
+                    del self._opening[key]
+            opening.done.set()
         for previous in old:
-            previous.retire()  # a hung call may still run on it: closed when it is done
-        return connection
+            previous.retire()  # a call may still run on it: closed when it returns
+
+    def dedicated(self, target: LibvirtTarget) -> LibvirtConnection:
+        """A new connection to ``target`` outside the pool (the caller closes it), for one
+        long call (a migration) that must not hold the pooled connection's calls
+        (progress, abort) behind it. Opened in the calling thread: its deadline applies."""
+        return self._open(target)
 
     def invalidate(self, target: LibvirtTarget | str) -> None:
         """Close and forget the connections to a target (or to a URI)."""
@@ -527,6 +691,7 @@ class LibvirtPool:
     def close_all(self) -> None:
         """Close every connection (operator shutdown)."""
         with self._lock:
+            self._closed = True
             old = list(self._connections.values())
             self._connections.clear()
         for connection in old:

@@ -302,10 +302,13 @@ class Host:
         return self._pool_or_none(name) is not None
 
     def ensure_dir_pool(self, name: str, path: str) -> PoolInfo:
-        """A started, autostarted ``dir`` pool ``name`` at ``path`` (created if missing)."""
+        """A started, autostarted ``dir`` pool ``name`` at ``path`` (created if missing),
+        with its sizes measured now: libvirt keeps a pool's free space from its last
+        refresh, so without one a pool that filled up since still looked free."""
         name = validate_domain_name(name, "pool name")
         path = validate_absolute_path(path, "pool path")
         self._ensure_pool(name, dir_pool_xml(name, path), ("dir", path, (None, None)))
+        self.refresh_pool(name)
         return self.pool_info(name)
 
     def ensure_netfs_pool(

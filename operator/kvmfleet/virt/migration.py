@@ -14,7 +14,10 @@ client's connection): the source resumes, the incoming copy goes; the use-case's
 then reads both hosts (:func:`domain_state`).
 
 All calls block; run them in threads. Progress (:func:`progress`) and abort
-(:func:`abort`) are called from another thread while :func:`migrate` runs.
+(:func:`abort`) are called from another thread while the migration runs: on pooled
+connections, whose calls run one at a time (see :class:`~kvmfleet.virt.connection.
+LibvirtConnection`), so the migration itself runs on connections of its own
+(:func:`migrate_on_own_connections`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import libvirt
 
 from kvmfleet.domain.migration import DomainState
-from kvmfleet.virt.connection import LibvirtConnection
+from kvmfleet.virt.connection import LibvirtConnection, LibvirtPool, LibvirtTarget
 from kvmfleet.virt.errors import LibvirtNotFoundError, classify, libvirt_errors
 
 LIVE_FLAGS = (
@@ -73,6 +76,29 @@ def migrate(
     context = f"{source.label}: domain {name!r}: migrate to {target.label}"
     with libvirt_errors(context):
         domain.migrate3(target.conn, params, LIVE_FLAGS)
+
+
+def migrate_on_own_connections(
+    pool: LibvirtPool,
+    source: LibvirtTarget,
+    target: LibvirtTarget,
+    name: str,
+    *,
+    migrate_uri: str,
+    bandwidth_mib: int,
+    listen_address: str | None = None,
+) -> None:
+    """:func:`migrate` on two connections opened for it and closed once it returns (the
+    pooled ones stay free for :func:`progress` and :func:`abort`)."""
+    with pool.dedicated(source) as source_conn, pool.dedicated(target) as target_conn:
+        migrate(
+            source_conn,
+            target_conn,
+            name,
+            migrate_uri=migrate_uri,
+            bandwidth_mib=bandwidth_mib,
+            listen_address=listen_address,
+        )
 
 
 def progress(connection: LibvirtConnection, name: str) -> Progress | None:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import libvirt
 import pytest
+from virt_testdriver import DOMAIN_XML
 
 from kvmfleet.errors import InvalidSpecError, PermanentError, TemporaryError
 from kvmfleet.virt.connection import (
@@ -19,6 +20,7 @@ from kvmfleet.virt.connection import (
     LibvirtConnection,
     LibvirtPool,
     LibvirtTarget,
+    SerializedCalls,
     open_connection,
     quiet_libvirt,
     runtime_base,
@@ -275,6 +277,45 @@ def test_pool_opens_once_under_concurrency(pool, opened, key: bytes, host_key: s
     assert opened[0].closed and len(pool) == 0
 
 
+def test_pool_stops_waiting_for_an_open_that_does_not_answer(
+    test_uri: str, key: bytes, host_key: str
+) -> None:
+    # A hung libvirtd accepts the connection and never answers it (no keepalive yet).
+    quiet_libvirt()
+    answer = threading.Event()
+    opens: list[LibvirtConnection] = []
+
+    def opener(target: LibvirtTarget) -> LibvirtConnection:
+        answer.wait(10)
+        connection = LibvirtConnection(libvirt.open(test_uri), target.label, serialize=True)
+        opens.append(connection)
+        return connection
+
+    pool = LibvirtPool(opener, open_timeout=0.2)
+    target = LibvirtTarget.for_host("10.77.0.11", key, host_key)
+    for _ in range(3):  # the callers after the first wait for the same opening
+        with pytest.raises(TemporaryError, match=r"did not answer a new connection within 0\.2s"):
+            pool.connection(target)
+    answer.set()  # the daemon resumes: the opening ends and its connection is pooled
+    for _ in range(100):
+        if len(pool):
+            break
+        threading.Event().wait(0.05)
+    assert len(opens) == 1 and pool.connection(target) is opens[0]
+    pool.close_all()
+    assert opens[0].closed
+
+
+def test_pool_hands_the_open_error_to_its_callers(key: bytes, host_key: str) -> None:
+    def opener(target: LibvirtTarget) -> LibvirtConnection:
+        raise TemporaryError(f"{target.label}: no route to host")
+
+    pool = LibvirtPool(opener)
+    with pytest.raises(TemporaryError, match="no route to host"):
+        pool.connection(LibvirtTarget.for_host("10.77.0.11", key, host_key))
+    assert len(pool) == 0
+
+
 CHANGED_BANNER = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
 @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
 @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
@@ -330,18 +371,60 @@ def test_ssh_stderr_decides_the_classification() -> None:
     assert isinstance(auth, LibvirtAuthError)
 
 
-def test_a_replaced_connection_is_closed_only_once_no_call_uses_it(test_uri: str) -> None:
-    # A call hung on a SIGSTOPped libvirtd still holds the old connection when the pool
-    # replaces it; closing it under that call crashed the operator in libvirt's client.
+def test_a_serialized_connection_runs_one_call_at_a_time(test_uri: str) -> None:
+    # libvirt 9.0's client segfaults when several threads wait on one connection and a
+    # hung libvirtd resumes (virNetClientIOEventFD with a dead stack frame).
+    quiet_libvirt()
+    connection = LibvirtConnection(libvirt.open(test_uri), "test", serialize=True)
+    running: list[int] = []
+    overlaps: list[int] = []
+
+    def slow() -> None:
+        running.append(1)
+        overlaps.append(len(running))
+        threading.Event().wait(0.02)
+        running.pop()
+
+    threads = [threading.Thread(target=connection.call, args=(slow,)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == [1] * 6
+    defined = connection.conn.defineXML(
+        DOMAIN_XML.format(name="one", metadata="")
+    )  # what a call returns is serialized too
+    domains = connection.conn.listAllDomains(0)
+    assert isinstance(defined, SerializedCalls) and len(domains) == 1
+    assert all(isinstance(d, SerializedCalls) for d in domains)
+    assert domains[0].name() == defined.name()
+    assert Guests(connection).exists(defined.name()) and not Guests(connection).exists("nope")
+    connection.close()
+
+
+def test_closing_under_a_call_in_flight_waits_for_that_call(test_uri: str) -> None:
+    # A call hung on a SIGSTOPped libvirtd may still run when the pool replaces its
+    # connection: it is never closed under that call, the call closes it when it returns.
     quiet_libvirt()
     raw = libvirt.open(test_uri)
-    wrapper = LibvirtConnection(raw, "test")
-    in_flight = Guests(wrapper)  # what a running call holds
-    del wrapper
-    in_flight.connection.retire()
-    assert in_flight.connection.closed and not in_flight.connection.is_alive()
-    assert raw.isAlive() == 1  # still usable by the call that holds it
-    assert in_flight.exists("nope") is False
-    del in_flight
+    connection = LibvirtConnection(raw, "test", serialize=True)
+    started, release = threading.Event(), threading.Event()
+
+    def hung() -> int:
+        started.set()
+        release.wait(10)
+        return int(raw.isAlive())
+
+    results: list[int] = []
+    caller = threading.Thread(target=lambda: results.append(connection.call(hung)))
+    caller.start()
+    assert started.wait(10)
+    connection.retire()
+    assert connection.closed and not connection.is_alive()
+    assert raw._o is not None  # not closed under the call
+    release.set()
+    caller.join(10)
+    assert results == [1] and raw._o is None  # closed by the call once it returned
+    with pytest.raises(TemporaryError, match="connection was closed"):
+        connection.conn.listAllDomains(0)
     gc.collect()
-    assert raw._o is None  # closed now that no one holds it
