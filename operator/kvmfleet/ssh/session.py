@@ -22,6 +22,7 @@ classified as in :mod:`kvmfleet.ssh.errors`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import io
 import logging
@@ -430,7 +431,10 @@ class SshSession:
             stdout, stderr = self._communicate(channel, argv, input, started + local, timeout)
             status = channel.recv_exit_status() if channel.exit_status_ready() else -1
         finally:
-            channel.close()
+            # A transport that died meanwhile cannot send the close: what went wrong
+            # before (or the result) stands, the next command finds the session closed.
+            with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+                channel.close()
         elapsed = time.monotonic() - started
         if self.options.remote_timeout and (
             status == TIMEOUT_EXIT_STATUS or (status == _KILLED_EXIT_STATUS and elapsed >= timeout)

@@ -89,14 +89,15 @@ def _execute(channel: paramiko.Channel, command: str, server: _Server) -> None:
     for thread in threads[1:]:
         thread.join()
     status = process.wait()
+    # The slot is free before the client can learn the command ended (sshd frees it when
+    # the client's close arrives, in order; here a thread would race the next open).
+    server.session_ended()
     try:
         channel.send_exit_status(status)
         channel.shutdown_write()
         channel.close()
     except (OSError, EOFError):
         pass
-    finally:
-        server.session_ended()
 
 
 class FakeHost:
