@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -646,30 +645,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        bench = CloneBench(args)
-    except (vc.BenchError, AssertionError, subprocess.TimeoutExpired) as error:
-        print(f"bench: {error}", file=sys.stderr)
+    outcome = vc.drive(lambda: CloneBench(args))
+    if outcome is None:
         return 2
-    started = time.monotonic()
-    fatal, interrupted, machine = None, False, {}
-
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        bench.setup()
-        machine = vc.machine_info(bench)
-        bench.run()
-    except (vc.BenchError, AssertionError, subprocess.TimeoutExpired) as error:
-        fatal = str(error)
-        vc.log(f"ABORTED: {fatal}")
-    except KeyboardInterrupt:
-        interrupted = True
-        vc.log("interrupted")
-    finally:
-        bench.teardown()
+    bench, started, machine = outcome.bench, outcome.started, outcome.machine
+    fatal, interrupted = outcome.fatal, outcome.interrupted
     summary = summarise(bench.rows)
     print_report(summary)
     total = time.monotonic() - started

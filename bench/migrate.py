@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -660,30 +659,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        bench = MigrateBench(args)
-    except (vc.BenchError, AssertionError, subprocess.TimeoutExpired) as error:
-        print(f"bench: {error}", file=sys.stderr)
+    outcome = vc.drive(lambda: MigrateBench(args))
+    if outcome is None:
         return 2
-    started = time.monotonic()
-    fatal, interrupted, machine = None, False, {}
-
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        bench.setup()
-        machine = vc.machine_info(bench)
-        bench.run()
-    except (vc.BenchError, AssertionError, subprocess.TimeoutExpired) as error:
-        fatal = str(error)
-        vc.log(f"ABORTED: {fatal}")
-    except KeyboardInterrupt:
-        interrupted = True
-        vc.log("interrupted")
-    finally:
-        bench.teardown()
+    bench, started, machine = outcome.bench, outcome.started, outcome.machine
+    fatal, interrupted = outcome.fatal, outcome.interrupted
     summary = summarise(bench.moves)
     print_report(summary, bench.drains)
     total = time.monotonic() - started

@@ -1485,16 +1485,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+@dataclass
+class Outcome:
+    """How a benchmark run went (see :func:`drive`)."""
+
+    bench: Any
+    started: float
+    machine: dict[str, Any]
+    fatal: str | None
+    interrupted: bool
+
+
+def drive(make: Callable[[], Any]) -> Outcome | None:
+    """Make a benchmark (``setup``/``run``/``teardown``) and run it; teardown always runs,
+    also on SIGTERM. None (after printing why) if it could not even be made."""
     try:
-        bench = Bench(args)
+        bench = make()
     except (BenchError, AssertionError, subprocess.TimeoutExpired) as error:
         print(f"bench: {error}", file=sys.stderr)
-        return 2
-    started = time.monotonic()
-    fatal = None
-    interrupted = False
+        return None
+    outcome = Outcome(bench, time.monotonic(), {}, None, False)
 
     def terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # so that the finally blocks clean up
@@ -1502,18 +1512,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     try:
         bench.setup()
-        machine = machine_info(bench)
+        outcome.machine = machine_info(bench)
         bench.run()
     except (BenchError, AssertionError, subprocess.TimeoutExpired) as error:
-        fatal = str(error)
-        machine = {}
-        log(f"ABORTED: {fatal}")
+        outcome.fatal = str(error)
+        log(f"ABORTED: {outcome.fatal}")
     except KeyboardInterrupt:
-        interrupted = True
-        machine = {}
+        outcome.interrupted = True
         log("interrupted")
     finally:
         bench.teardown()
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    outcome = drive(lambda: Bench(args))
+    if outcome is None:
+        return 2
+    bench, started, machine = outcome.bench, outcome.started, outcome.machine
+    fatal, interrupted = outcome.fatal, outcome.interrupted
     sizes = sorted({1, args.vms})
     result = summarise(bench.samples, args.scenarios, sizes)
     print_report(result, len(bench.hosts))
