@@ -104,6 +104,8 @@ class _Ctx:
             "address": "10.0.0.1",
             "sshKeySecretRef": {"name": "key", "namespace": "kvmfleet"},
             "hostKeyPolicy": "TrustOnFirstUse",
+            "bridges": [{"name": "br0"}],
+            "storagePools": [{"name": "local", "url": "dir:///var/lib/kvmfleet/images"}],
         }
         self.host = fleetindex.slim_kvmhost({"metadata": {"name": "kvmhost1"}, "spec": spec})
         self.fleet = fleetindex.FleetIndex(_Index({}), _Index({"kvmhost1": [self.host]}))
@@ -134,6 +136,18 @@ def test_a_vm_on_a_host_in_maintenance_gets_the_full_pass_that_drains_it() -> No
     assert not _unchanged(ctx, node)
     ctx.host["spec"]["maintenance"] = False
     assert _unchanged(ctx, node)
+
+
+def test_a_vm_its_host_no_longer_allows_gets_the_full_pass_that_says_so() -> None:
+    node = _node()
+    ctx = _Ctx({"vm1": (UID, PowerState.OFF)})
+    assert _unchanged(ctx, node)
+    ctx.host["spec"]["allowedNamespaces"] = ["somebody-else"]  # the VM itself is unchanged
+    assert not _unchanged(ctx, node)
+    ctx.host["spec"]["allowedNamespaces"] = ["ns"]
+    assert _unchanged(ctx, node)
+    ctx.host["spec"]["bridges"] = [{"name": "br1"}]  # its NIC's bridge withdrawn
+    assert not _unchanged(ctx, node)
 
 
 def test_a_full_pass_is_due_after_the_full_sync_interval() -> None:

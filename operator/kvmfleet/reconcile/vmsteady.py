@@ -9,8 +9,10 @@ runStrategy wants. That check costs no API request and no host call of its own; 
 the power state (a domain stopped, started or undefined behind our back) fails it and the
 full pass runs, as before.
 
-A VM on a KvmHost in maintenance (read from the watch-fed index, no API request) always
-gets the full pass: that is where a drain moves it.
+The VM's KvmHost is read from the watch-fed index (no API request): a VM on a host in
+maintenance always gets the full pass (that is where a drain moves it), and so does a VM
+its host no longer authorizes (namespace, bridges, storage: checked on every sync, the
+full pass sets ``Authorized=False``).
 
 What the inventory cannot show (a disk removed, the definition edited with ``virsh``, a
 VNC password near its expiry) is caught by a full pass at least every
@@ -29,10 +31,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kvmfleet import metrics
+from kvmfleet.domain.authorization import HostGrant, authorize
 from kvmfleet.domain.conditions import parse_rfc3339
-from kvmfleet.domain.specs import RunStrategy, VirtualNodeSpec
+from kvmfleet.domain.specs import KvmHostSpec, RunStrategy, VirtualNodeSpec
 from kvmfleet.errors import KvmfleetError
-from kvmfleet.reconcile import inventory, vmmigrate
+from kvmfleet.reconcile import fleetindex, inventory
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.resource import Resource
 
@@ -117,11 +120,15 @@ async def _why_full(
         return "full sync due"
     host = str(node.status["host"])
     try:
-        if await vmmigrate.in_maintenance(ctx, host):
-            return "host in maintenance"  # a drain moves the VM: the full pass does that
+        host_spec = KvmHostSpec.from_dict((await fleetindex.kvmhost(ctx, host)).get("spec") or {})
     except KvmfleetError as error:
         log.info("KvmHost %s cannot be read (%s): full pass", host, error)
         return "host unreadable"
+    if host_spec.maintenance:
+        return "host in maintenance"  # a drain moves the VM: the full pass does that
+    assert node.namespace is not None
+    if authorize(node.namespace, spec, HostGrant.of(host, host_spec)):
+        return "not authorized"  # the host's grant changed: the full pass says so
     try:
         found = await inventory.read(ctx, host)
     except KvmfleetError as error:
