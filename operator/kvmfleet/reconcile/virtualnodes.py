@@ -423,7 +423,7 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
     if Call.START in plan.calls:
         failures = ctx.start_failures.get(node.uid)
         if failures is not None and startbackoff.waiting(failures, time.monotonic()) is not None:
-            await _start_failed(run, creds, result, failures)
+            await _start_failed(run, creds, result, failures, failed_now=False)
             return
     try:
         for call in plan.calls:
@@ -433,7 +433,7 @@ async def _define_and_power(run: _Pass, locations: list[Any], macs: tuple[str, .
             ctx.start_failures.get(node.uid), error.message, time.monotonic()
         )
         ctx.start_failures[node.uid] = failures
-        await _start_failed(run, creds, result, failures)
+        await _start_failed(run, creds, result, failures, failed_now=True)
         return
     if Call.START in plan.calls:
         ctx.start_failures.pop(node.uid, None)
@@ -514,9 +514,13 @@ async def _start_failed(
     creds: vmconsole.VncCredentials | None,
     result: vmdomain.DefineResult,
     failures: startbackoff.StartFailures,
+    *,
+    failed_now: bool,
 ) -> None:
     """QEMU did not start: the VM stays Stopped, Ready=False ``StartFailed`` with libvirt's
-    message, Reconciling (retried with a backoff), one Warning when it first happens."""
+    message, Reconciling (retried with a backoff), one Warning when it first happens
+    (``failed_now``: this pass's start failed; a pass waiting out the backoff, possibly on
+    a body older than the last status write, never warns)."""
     node, outcome, conds = run.node, run.outcome, run.conds
     outcome.status["lastActions"] = dict(node.status.get("lastActions") or {})
     outcome.status["powerTransition"] = node.status.get("powerTransition") or None
@@ -529,7 +533,8 @@ async def _start_failed(
     )
     conds[RUNNING] = Condition(RUNNING, Status.FALSE, START_FAILED, failures.message)
     outcome.status["phase"] = "Stopped"
-    if _previous(node, cond.READY).get("reason") != START_FAILED:
+    first = failed_now and failures.count == 1
+    if first and _previous(node, cond.READY).get("reason") != START_FAILED:
         outcome.warn(START_FAILED, message)
     _summarise(outcome, conds, ready=False, reason=START_FAILED, message=message)
     wait = startbackoff.waiting(failures, time.monotonic())
