@@ -301,6 +301,9 @@ def test_bridge_copies_both_ways_and_stops_at_the_escape(fake, connection) -> No
         assert opened.wait(5)
         assert fake.stream is not None
         fake.stream.feed(b"login: ")
+        readable, _, _ = select.select([out_read], [], [], 5)
+        assert readable, "the console's output never reached the output fd"
+        assert os.read(out_read, 100) == b"login: "
         os.write(in_write, b"root\r")
         deadline = time.monotonic() + 5
         while bytes(fake.stream.sent) != b"root\r" and time.monotonic() < deadline:
@@ -310,9 +313,6 @@ def test_bridge_copies_both_ways_and_stops_at_the_escape(fake, connection) -> No
         thread.join(5)
         assert result["end"] is BridgeEnd.ESCAPE
         assert bytes(fake.stream.sent) == b"root\rls"
-        readable, _, _ = select.select([out_read], [], [], 5)
-        assert readable, "the console's output never reached the output fd"
-        assert os.read(out_read, 100) == b"login: "
         assert fake.stream.aborted
     finally:
         for fd in (in_read, in_write, out_read, out_write):
