@@ -103,7 +103,7 @@ async def follow(  # noqa: PLR0915, PLR0917 - one step per outcome of a move
         return placement
     hosts: list[dict[str, Any]] = []
     if target is None:  # one index read per pass; the hosts are read only for a drain
-        if not await in_maintenance(ctx, placement.host):
+        if not await _in_maintenance(ctx, placement.host):
             _settle(node, placement, conds)
             return placement
         hosts = await fleetindex.kvmhosts(ctx)
@@ -204,7 +204,7 @@ async def follow(  # noqa: PLR0915, PLR0917 - one step per outcome of a move
     return Placement(target, placement.macs) if moved else placement
 
 
-async def in_maintenance(ctx: Context, host: str) -> bool:
+async def _in_maintenance(ctx: Context, host: str) -> bool:
     """Whether the KvmHost is in maintenance (its VMs without hostRef move away): read
     from the watch-fed index, no API request. A host that does not exist is not."""
     try:
