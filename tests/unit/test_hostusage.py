@@ -144,3 +144,44 @@ async def test_a_failed_publish_changes_nothing(kube: FakeKube) -> None:
     await asyncio.wait_for(hostusage.publish(ctx, "h1"), 5)  # no exception: the probe catches up
     assert kube.hosts["h1"]["status"]["cpuSummary"] == "0/32"
     assert ("patch", "h1") not in kube.calls
+
+
+async def test_a_probe_that_listed_before_a_publish_leaves_the_numbers_to_it(
+    kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe lists domains (seconds over SSH) and Kopf writes its status after it returns:
+    a removal published meanwhile must not be overwritten by the older listing."""
+    from kvmfleet.reconcile import hosts
+    from kvmfleet.reconcile.outcome import Outcome
+    from kvmfleet.reconcile.resource import Resource
+
+    ctx = context(kube)
+    publish_meanwhile = True
+
+    async def listing(ctx: Context, host: Resource, spec: object, outcome: Outcome) -> None:
+        outcome.status.update(
+            domains=[{"name": "gone", "state": "Off"}], domainCount=1, cpuSummary="3/32"
+        )
+        outcome.status["allocatable"] = {"cpus": 32, "memoryMiB": 8000}
+        if publish_meanwhile:  # the VM is removed while the probe waits on the host
+            await hostusage.publish(ctx, "h1", removed="gone")
+
+    monkeypatch.setattr(hosts, "_converge", listing)
+    h1 = Resource.from_body(
+        {
+            "metadata": {"name": "h1"},
+            "spec": {
+                "address": "10.0.0.1",
+                "sshKeySecretRef": {"name": "k", "namespace": "kvmfleet-system"},
+                "hostKeyPolicy": "TrustOnFirstUse",
+            },
+            "status": {},
+        }
+    )
+    stale = await hosts.converge(ctx, h1)
+    assert "domains" not in stale.status and "domainCount" not in stale.status
+    assert "cpuSummary" not in stale.status
+    assert stale.status["allocatable"] == {"cpus": 32, "memoryMiB": 8000}  # not a usage field
+    publish_meanwhile = False  # a quiet probe writes what it saw
+    fresh = await hosts.converge(ctx, h1)
+    assert fresh.status["domainCount"] == 1 and fresh.status["cpuSummary"] == "3/32"

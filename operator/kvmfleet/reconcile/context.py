@@ -94,6 +94,9 @@ class Context:
     """Per KvmHost: its libvirtd, read for per-VM statistics (see vmstats)."""
     start_failures: dict[str, StartFailures] = field(default_factory=dict, repr=False)
     """Per VirtualNode uid: its consecutive failed starts (see startbackoff)."""
+    usage_epochs: dict[str, int] = field(default_factory=dict, repr=False)
+    """Per KvmHost: how many allocation/domain publishes this process made (see hostusage);
+    a probe that saw one happen while it listed drops its older numbers."""
 
     @classmethod
     def create(cls, settings: Settings) -> Context:

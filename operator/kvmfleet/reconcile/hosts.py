@@ -18,10 +18,9 @@ from kvmfleet.domain.allocation import allocatable
 from kvmfleet.domain.conditions import Condition, Status
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
-from kvmfleet.reconcile import fleetindex, hostcpu, hostnetwork, hoststorage, vmstats
+from kvmfleet.reconcile import fleetindex, hostcpu, hostnetwork, hoststorage, hostusage, vmstats
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostsession import HostSession, connect
-from kvmfleet.reconcile.hostusage import allocated_on
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
 from kvmfleet.ssh import facts, hostcmds
@@ -93,11 +92,16 @@ async def converge(ctx: Context, host: Resource) -> Outcome:
     started = time.monotonic()
     spec = KvmHostSpec.from_dict(host.spec)
     outcome = Outcome()
+    epoch = hostusage.epoch(ctx, host.name)
     try:
         await _converge(ctx, host, spec, outcome)
     finally:
         duration = time.monotonic() - started
         metrics.HOST_PROBE_DURATION.labels(host.name).observe(duration)
+    if hostusage.stale(ctx, host.name, epoch):
+        # A VM was placed, defined or removed while this probe listed: its publish is newer.
+        for key in hostusage.USAGE_FIELDS:
+            outcome.status.pop(key, None)
     _finish(ctx, host, outcome)
     return outcome
 
@@ -408,7 +412,7 @@ async def _allocation(
     """allocatable (hardware x overcommit) and allocated (the VirtualNodes placed here)."""
     nodes = await fleetindex.virtualnodes(ctx)
     ctx.released &= {str(n["metadata"].get("uid")) for n in nodes}  # gone from the API: forget
-    used = allocated_on(host.name, nodes, ctx.reservations, ctx.released)
+    used = hostusage.allocated_on(host.name, nodes, ctx.reservations, ctx.released)
     capacity = allocatable(host_facts.cpus, host_facts.memory_mib, spec.overcommit)
     outcome.status["allocatable"] = {"cpus": capacity.cpus, "memoryMiB": capacity.memory_mib}
     outcome.status["allocated"] = {"cpus": used.cpus, "memoryMiB": used.memory_mib}

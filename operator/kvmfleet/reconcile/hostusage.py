@@ -8,6 +8,11 @@ away. Publishing never lists every VirtualNode: it reads the KvmHost, and the Vi
 labelled with that host (`kvmfleet.io/host`) from the watch-fed index (see fleetindex),
 plus this operator's in-memory placements (reservations) that the watch may not show yet.
 A failed publish changes nothing: the next probe writes the same numbers.
+
+A probe lists the host's domains over several seconds and Kopf writes its status after it
+returns; a publish in between is fresher than the probe's numbers. Each publish bumps the
+host's epoch (`ctx.usage_epochs`), and a probe that ends with another epoch than it began
+with leaves these fields to the publish (`USAGE_FIELDS`, see `stale`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,19 @@ from kvmfleet.settings import HOST_LABEL
 log = logging.getLogger(__name__)
 
 Reservations = Mapping[str, tuple[str, Resources, set[str]]]
+
+USAGE_FIELDS = ("allocated", "cpuSummary", "memorySummary", "domains", "domainCount")
+"""The KvmHost status fields both the probe and a publish write."""
+
+
+def epoch(ctx: Context, host: str) -> int:
+    """How many publishes this process has made for host (compare with `stale`)."""
+    return ctx.usage_epochs.get(host, 0)
+
+
+def stale(ctx: Context, host: str, since: int) -> bool:
+    """Whether a publish for host happened after `epoch()` returned `since`."""
+    return epoch(ctx, host) != since
 
 
 def allocated_on(
@@ -100,6 +118,7 @@ async def publish(
     """Write host's allocation now (and a domain that was just defined or removed)."""
     try:
         async with ctx.lock(f"kh-usage/{host}"):
+            ctx.usage_epochs[host] = epoch(ctx, host) + 1
             # Read, not from the index: the domain list must include what the last
             # publish (maybe a moment ago) wrote, or this patch would drop it.
             obj = await ctx.blocking(ctx.kube.get_object, "kvmhosts", host)
