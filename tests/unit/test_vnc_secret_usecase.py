@@ -116,3 +116,16 @@ def test_the_domain_holds_the_credentials_whose_expiry_it_shows() -> None:
     assert vmconsole.domain_has(creds, format_valid_to(creds.expires_at))
     assert not vmconsole.domain_has(creds, None)
     assert not vmconsole.domain_has(creds, format_valid_to(creds.expires_at - timedelta(1)))
+
+
+def test_two_rotations_within_one_second_end_at_different_seconds() -> None:
+    """The domain's passwdValidTo (whole seconds) says which password it holds: a second
+    rotation in the same second must not look like the password the domain already has."""
+    kube = FakeKube()
+    first = credentials(kube)
+    seconds = {format_valid_to(first.expires_at)}
+    for _ in range(3):  # well within one second
+        creds = credentials(kube, rotate=True)
+        assert creds.rotated and format_valid_to(creds.expires_at) not in seconds
+        assert not vmconsole.domain_has(creds, format_valid_to(first.expires_at))
+        seconds.add(format_valid_to(creds.expires_at))

@@ -93,7 +93,12 @@ async def ensure_credentials(ctx: Context, node: Resource, *, rotate: bool) -> V
     if not rotate and password and expires is not None and expires - margin > now:
         return VncCredentials(name, password, expires, rotated=False)
     password = new_password()
-    expires = now + timedelta(seconds=ctx.settings.vnc_password_ttl)
+    fresh = now + timedelta(seconds=ctx.settings.vnc_password_ttl)
+    # The domain's passwdValidTo (whole seconds) tells which password it holds (domain_has):
+    # rotations within one second must still end at seconds of their own, later ones later.
+    if expires is not None and timedelta(0) <= expires - fresh < timedelta(minutes=1):
+        fresh = expires + timedelta(seconds=1)
+    expires = fresh
     values = {PASSWORD_KEY: password.encode(), "expiresAt": rfc3339(expires).encode()}
     if current is None:
         created = await ctx.blocking(
