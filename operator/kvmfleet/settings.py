@@ -118,6 +118,10 @@ class Settings:
     migration_bandwidth_mib: int = 0
     """Bandwidth cap of a live migration in MiB/s (0: libvirt's default, no cap)."""
 
+    migration_port: int = 49152
+    """The target's first migration port (libvirt's qemu.conf ``migration_port_min``): the
+    live migration pre-flight connects to it from the source host."""
+
     migrations_per_host: int = 2
     """Migrations a host takes part in at once (as source or target); more wait (Queued)."""
 

@@ -82,6 +82,7 @@ def _migration_refusals() -> set[str]:
         migration.STORAGE_NOT_SHARED,
         migration.CPU_INCOMPATIBLE,
         migration.VIRT_TYPE_MISMATCH,
+        migration.MIGRATION_PORT_UNREACHABLE,
         "HostNotFound",
         "TargetNotReady",
     }

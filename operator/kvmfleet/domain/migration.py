@@ -33,6 +33,7 @@ from kvmfleet.domain.storage_urls import NfsAccess, StorageKind, StorageURL
 STORAGE_NOT_SHARED = "StorageNotShared"
 CPU_INCOMPATIBLE = "CpuIncompatible"
 VIRT_TYPE_MISMATCH = "VirtTypeMismatch"
+MIGRATION_PORT_UNREACHABLE = "MigrationPortUnreachable"
 TARGET_PREFIX = "Target"
 """A placement rejection of the target becomes ``Target<code>``, e.g. ``TargetInMaintenance``."""
 
@@ -194,6 +195,21 @@ def preflight(
     if cpu is not None:
         refusals.append(cpu)
     return refusals
+
+
+def migration_path_refusal(  # noqa: PLR0917 - the check's facts
+    source: str, target: str, address: str, port: int, answered: bool, detail: str
+) -> Refusal | None:
+    """The live migration's memory stream goes from the source host to ``address:port`` of
+    the target (its libvirt's first migration port): a refusal unless the address answered
+    there (a listener, or a "connection refused" from the target itself)."""
+    if answered:
+        return None
+    return Refusal(
+        MIGRATION_PORT_UNREACHABLE,
+        f"{source} cannot reach {target}'s migration port {address}:{port} ({detail}): "
+        "the memory would have no path (open TCP ports 49152-49215 from the source)",
+    )
 
 
 def shared(url: StorageURL, source: HostSide, target: HostSide) -> str | None:

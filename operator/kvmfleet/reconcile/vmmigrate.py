@@ -8,7 +8,8 @@ is on at its end):
 1. An interrupted move (``status.migration.phase`` Running and no job of this process):
    both hosts are read and :func:`~kvmfleet.domain.migration.recover` decides which copy is
    the live one; the other is stopped and undefined, never both.
-2. Pre-flight (:func:`~kvmfleet.domain.migration.preflight`): a refusal is the
+2. Pre-flight (:func:`~kvmfleet.domain.migration.preflight`, and for a running VM a TCP
+   connect from the source host to the target's migration port): a refusal is the
    ``Migration`` condition (False, its reason) and an Event; nothing is touched, the VM
    keeps running where it is and the check is repeated on every pass.
 3. A slot on both hosts (``migrations_per_host``); without one the move is Queued.
@@ -45,6 +46,7 @@ from kvmfleet.domain.migration import (
     Recovery,
     RecoveryAction,
     Refusal,
+    migration_path_refusal,
     preflight,
     recover,
 )
@@ -59,6 +61,7 @@ from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
 from kvmfleet.reconcile.vmplacement import Placement, snapshots_without
 from kvmfleet.settings import HOST_LABEL
+from kvmfleet.ssh import facts, hostcmds
 from kvmfleet.virt import migration as virt
 from kvmfleet.virt.connection import LibvirtConnection
 
@@ -157,6 +160,8 @@ async def follow(  # noqa: PLR0915, PLR0917 - one step per outcome of a move
             )
         )
     refusals = await _preflight(ctx, node, spec, hosts, source_obj, target_obj, info)
+    if not refusals and state in (DomainState.RUNNING, DomainState.PAUSED):
+        refusals = await _migration_path(ctx, source, target_obj)
     if refusals:
         _refuse(node, outcome, conds, placement, target, refusals)
         return placement
@@ -310,6 +315,21 @@ async def _preflight(  # noqa: PLR0917 - what the checks read
         cpu=cpu,
     )
     return preflight(move, source, _host_side(target_obj), snapshot)
+
+
+async def _migration_path(
+    ctx: Context, source: PlacedHost, target_obj: dict[str, Any]
+) -> list[Refusal]:
+    """Whether the source host reaches the target's migration port (a live move only)."""
+    address, port = _spec(target_obj).address, ctx.settings.migration_port
+    result = await source.session.run(
+        hostcmds.tcp_connect(address, port), check=False, limit=hostcmds.TCP_CHECK_SECONDS + 5
+    )
+    reach = facts.parse_tcp_connect(result.exit_status, result.stderr)
+    refusal = migration_path_refusal(
+        source.name, target_obj["metadata"]["name"], address, port, reach.answered, reach.detail
+    )
+    return [refusal] if refusal is not None else []
 
 
 def _refuse(  # noqa: PLR0917

@@ -110,6 +110,32 @@ def parse_dev_kvm_device(text: str) -> bool:
     return (int(match.group(1), 16), int(match.group(2), 16)) == KVM_DEVICE
 
 
+@dataclass(frozen=True)
+class TcpReach:
+    """What :func:`kvmfleet.ssh.hostcmds.tcp_connect` found: whether the address answered
+    (a listener, or a refusal from the host itself) and, when not, why."""
+
+    answered: bool
+    listening: bool
+    detail: str
+
+
+_TIMEOUT_STATUS = 124
+
+
+def parse_tcp_connect(exit_status: int, stderr: str) -> TcpReach:
+    """Read the exit status and error output of a ``tcp_connect`` command."""
+    if exit_status == 0:
+        return TcpReach(answered=True, listening=True, detail="connected")
+    if "Connection refused" in stderr:
+        return TcpReach(answered=True, listening=False, detail="connection refused")
+    if exit_status == _TIMEOUT_STATUS:
+        return TcpReach(answered=False, listening=False, detail="no answer within the deadline")
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    reason = lines[-1].rsplit(": ", 1)[-1] if lines else f"exit status {exit_status}"
+    return TcpReach(answered=False, listening=False, detail=reason)
+
+
 def parse_hostname(text: str) -> str:
     """The first line of ``hostname``."""
     name = text.strip().splitlines()[0].strip() if text.strip() else ""

@@ -17,6 +17,7 @@ from kvmfleet.domain.validation import (
     fail,
     show,
     validate_absolute_path,
+    validate_host_address,
     validate_interface_name,
 )
 
@@ -97,6 +98,25 @@ def ip_addrs() -> list[str]:
 def ip_routes() -> list[str]:
     """The main routing table, JSON (the default route names the uplink)."""
     return ["ip", "-j", "route", "show"]
+
+
+TCP_CHECK_SECONDS = 5
+"""How long :func:`tcp_connect` waits for an answer before it calls the port unreachable."""
+
+
+def tcp_connect(address: str, port: int) -> list[str]:
+    """Open (and close) a TCP connection from the host to ``address:port`` (bash /dev/tcp).
+
+    Exit 0: something listens; "Connection refused": the address answers, nothing listens
+    there now; 124: no answer within TCP_CHECK_SECONDS. Read it with
+    :func:`kvmfleet.ssh.facts.parse_tcp_connect`. The address and port are the script's
+    arguments, never part of the script itself.
+    """
+    host = validate_host_address(address, "address")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        fail("port", f"must be a TCP port 1-65535 (got {show(port)})")
+    script = 'exec 3<>"/dev/tcp/$1/$2"'
+    return ["timeout", str(TCP_CHECK_SECONDS), "bash", "-c", script, "tcp-check", host, str(port)]
 
 
 def ip_batch() -> list[str]:

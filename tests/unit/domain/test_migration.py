@@ -255,3 +255,14 @@ def test_slots_cap_each_host() -> None:
     slots.release("a")
     assert not slots.holds("a")
     assert slots.try_take("b", "kvmhost1", "kvmhost3")
+
+
+def test_the_migration_port_must_answer_from_the_source() -> None:
+    from kvmfleet.domain.migration import MIGRATION_PORT_UNREACHABLE, migration_path_refusal
+
+    assert migration_path_refusal("kh1", "kh2", "10.0.0.2", 49152, True, "connected") is None
+    refusal = migration_path_refusal("kh1", "kh2", "10.0.0.2", 49152, False, "No route to host")
+    assert refusal is not None and refusal.reason == MIGRATION_PORT_UNREACHABLE
+    assert "kh1 cannot reach kh2's migration port 10.0.0.2:49152 (No route to host)" in (
+        refusal.message
+    )

@@ -135,3 +135,30 @@ def test_qemu_img_info() -> None:
     assert [item.backing_filename for item in chain] == ["/tmp/samples/base.qcow2", None]
     with pytest.raises(UnexpectedOutputError):
         facts.parse_qemu_img_info('{"format": "qcow2"}')
+
+
+@pytest.mark.parametrize(
+    ("status", "stderr", "answered", "detail"),
+    [
+        (0, "", True, "connected"),
+        (
+            1,
+            "tcp-check: connect: Connection refused\n"
+            "tcp-check: line 1: /dev/tcp/10.77.0.12/49152: Connection refused\n",
+            True,
+            "connection refused",
+        ),
+        (124, "", False, "no answer within the deadline"),
+        (
+            1,
+            "tcp-check: connect: No route to host\n"
+            "tcp-check: line 1: /dev/tcp/10.77.0.12/49152: No route to host\n",
+            False,
+            "No route to host",
+        ),
+        (1, "", False, "exit status 1"),
+    ],
+)
+def test_tcp_connect_result(status: int, stderr: str, answered: bool, detail: str) -> None:
+    reach = facts.parse_tcp_connect(status, stderr)
+    assert (reach.answered, reach.detail) == (answered, detail)

@@ -231,3 +231,51 @@ def test_every_builder_output_quotes_cleanly() -> None:
         hostcmds.qemu_img_create("/v/a b.qcow2".replace(" ", "_"), 1),
     ):
         assert quote_argv(argv)
+
+
+def _run_locally(argv: list[str]) -> tuple[int, str]:
+    """The argv as the host's shell gets it (quoted once), run here."""
+    import subprocess
+
+    done = subprocess.run(
+        ["sh", "-c", quote_argv(argv)], capture_output=True, text=True, timeout=30, check=False
+    )
+    return done.returncode, done.stderr
+
+
+def test_tcp_connect_tells_a_listener_and_a_refusal_from_silence() -> None:
+    """The migration-port pre-flight's command, run for real against local ports."""
+    import socket
+
+    from kvmfleet.ssh import facts
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        reach = facts.parse_tcp_connect(*_run_locally(hostcmds.tcp_connect("127.0.0.1", port)))
+        assert reach.answered and reach.listening
+    # Closed now: the address answers with a refusal, nothing listens.
+    reach = facts.parse_tcp_connect(*_run_locally(hostcmds.tcp_connect("127.0.0.1", port)))
+    assert reach.answered and not reach.listening and reach.detail == "connection refused"
+    argv = hostcmds.tcp_connect("10.77.0.12", 49152)
+    assert argv[:2] == ["timeout", str(hostcmds.TCP_CHECK_SECONDS)]
+    assert argv[-2:] == ["10.77.0.12", "49152"]  # arguments of the script, not part of it
+
+
+@pytest.mark.parametrize(
+    ("address", "port"),
+    [
+        ("10.0.0.1;reboot", 49152),
+        ("$(id)", 49152),
+        ("10.0.0.1/x", 49152),
+        ("-e", 49152),
+        ("10.0.0.1", 0),
+        ("10.0.0.1", 65536),
+        ("10.0.0.1", True),
+        ("10.0.0.1", "22"),
+    ],
+)
+def test_tcp_connect_refuses_what_is_not_an_address_and_a_port(address: str, port: int) -> None:
+    with pytest.raises(InvalidSpecError):
+        hostcmds.tcp_connect(address, port)
