@@ -5,8 +5,8 @@
   kvmhost2 only (virsh on both hosts), persistent there, and its serial counter goes on
   from where it was with no new boot marker (the guest was not restarted); status and
   metrics record the migration.
-* Pre-flight refusals: the target in maintenance, no room on the target, a disk on a
-  host's own dir pool: nothing moves, the VM keeps running on its source, the Migration
+* Pre-flight refusals: the target in maintenance, no room on the target, no path from the
+  source to the target's migration port, a disk on a host's own dir pool: nothing moves, the VM keeps running on its source, the Migration
   condition names the reason; once the cause is gone the move happens.
 * The operator killed just before the job starts and just after it ended (failpoints):
   after the restart exactly one copy runs and the status converges.
@@ -164,7 +164,7 @@ def test_kvm1_moves_live_to_kvmhost2_without_a_restart(
 
 
 def test_preflight_refusals_leave_the_vm_where_it_is(
-    cluster: Kubectl, hosts: list[str], ns: str
+    cluster: Kubectl, hosts: list[str], ns: str, testbed: dict[str, Any]
 ) -> None:
     diskless, local, hog = f"pf-{ns[-6:]}", f"pfdir-{ns[-6:]}", f"hog-{ns[-6:]}"
     cluster.apply(vm(diskless, ns, hostRef="kvmhost1"))
@@ -196,9 +196,19 @@ def test_preflight_refusals_leave_the_vm_where_it_is(
                 '{"spec":{"maintenance":false,"overcommit":{"cpu":16,"memory":0.1}}}')  # fmt: skip
     obj = refused(diskless, "TargetInsufficientMemory")
     assert "MiB requested" in condition(obj, "Migration")["message"]
+    # kvmhost1 gets no answer from kvmhost2 (the operator still reaches both): the memory
+    # would have no path, so nothing starts.
+    target = next(h["address"] for h in testbed["hosts"] if h["name"] == "kvmhost2")
+    on_host("kvmhost1", "ip", "route", "add", "unreachable", f"{target}/32")
+    try:
+        cluster.run("patch", "kh", "kvmhost2", "--type=merge", "-p",
+                    '{"spec":{"overcommit":{"cpu":16,"memory":1}}}')  # fmt: skip
+        obj = refused(diskless, "MigrationPortUnreachable")
+        message = condition(obj, "Migration")["message"]
+        assert f"kvmhost1 cannot reach kvmhost2's migration port {target}:49152" in message
+    finally:
+        on_host("kvmhost1", "ip", "route", "del", "unreachable", f"{target}/32", check=False)
     # The cause gone, the diskless VM moves (the dir one never does).
-    cluster.run("patch", "kh", "kvmhost2", "--type=merge", "-p",
-                '{"spec":{"overcommit":{"cpu":16,"memory":1}}}')  # fmt: skip
     cluster.wait_for(
         lambda o: o["status"].get("host") == "kvmhost2" and is_("Ready", "True")(o),
         "vn", diskless, "-n", ns, timeout=90,

@@ -68,6 +68,9 @@ from kvmfleet.virt.connection import LibvirtConnection
 MIGRATION = "Migration"
 """The VirtualNode condition of the last (or current) move."""
 PROGRESS_INTERVAL = 2.0
+TARGET_SILENT_CHECKS = 3
+"""Checks in a row the target's libvirtd may miss before a running live job is aborted."""
+TARGET_CHECK_TIMEOUT = 5.0
 RETRY_BASE = 30.0
 RETRY_MAX = 300.0
 
@@ -189,7 +192,7 @@ async def follow(  # noqa: PLR0915, PLR0917 - one step per outcome of a move
         )
         if state in (DomainState.RUNNING, DomainState.PAUSED):
             moved = await _live(
-                ctx, node, source, target_host, source_conn, target_conn, outcome, conds, attempts
+                ctx, node, source, target_host, source_conn, outcome, conds, attempts
             )
         else:
             moved = await _offline(
@@ -440,7 +443,6 @@ async def _live(  # noqa: PLR0917 - both hosts, both connections, the pass
     source: PlacedHost,
     target: PlacedHost,
     source_conn: LibvirtConnection,
-    target_conn: LibvirtConnection,
     outcome: Outcome,
     conds: dict[str, Condition],
     attempts: int,
@@ -472,11 +474,22 @@ async def _live(  # noqa: PLR0917 - both hosts, both connections, the pass
         )
     )
     aborted = False
+    target_lost: str | None = None
+    silent = 0
     while not job.done():
         await asyncio.wait({job}, timeout=PROGRESS_INTERVAL)
         if job.done():
             break
-        if not aborted and time.monotonic() - started > settings.migration_timeout:
+        if not aborted:
+            silent = 0 if await _answers(ctx, target) else silent + 1
+            if silent >= TARGET_SILENT_CHECKS:
+                target_lost = (
+                    f"the libvirtd of {target.name} stopped answering during the migration "
+                    f"({silent} checks {PROGRESS_INTERVAL:g}s apart); the job was aborted"
+                )
+        if not aborted and (
+            target_lost is not None or time.monotonic() - started > settings.migration_timeout
+        ):
             aborted = True
             # The job's own error (or its deadline) ends the wait.
             with contextlib.suppress(KvmfleetError):
@@ -498,25 +511,38 @@ async def _live(  # noqa: PLR0917 - both hosts, both connections, the pass
     try:
         await job
     except KvmfleetError as error:
-        message = (
-            f"aborted after the deadline of {settings.migration_timeout:g}s (setting "
-            f"migration_timeout): {error.message}"
-            if aborted
-            else error.message
-        )
+        if target_lost is not None:
+            message = f"{target_lost}: {error.message}"
+        elif aborted:
+            message = (
+                f"aborted after the deadline of {settings.migration_timeout:g}s (setting "
+                f"migration_timeout): {error.message}"
+            )
+        else:
+            message = error.message
         await _confirm_on_source(ctx, source, source_conn, node, outcome)
         _failed(
             node,
             status,
             outcome,
             conds,
-            reason="MigrationTimedOut" if aborted else "MigrationFailed",
+            reason="MigrationTimedOut" if aborted and target_lost is None else "MigrationFailed",
             message=message,
         )
         return False
     failpoints.hit("after-migrate")
     await _moved(ctx, node, target.name, status, outcome, conds, started)
     return True
+
+
+async def _answers(ctx: Context, host: PlacedHost) -> bool:
+    """Whether host's libvirtd answers within a short deadline (a hung one does not), on
+    the pooled connection as it is now (the pool may have replaced the one of the pass)."""
+    try:
+        conn = await asyncio.wait_for(host.session.libvirt(), TARGET_CHECK_TIMEOUT)
+        return bool(await ctx.on_host(host.name, TARGET_CHECK_TIMEOUT, virt.answers, conn))
+    except (KvmfleetError, TimeoutError):
+        return False
 
 
 async def _confirm_on_source(

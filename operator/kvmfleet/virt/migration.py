@@ -113,6 +113,21 @@ def progress(connection: LibvirtConnection, name: str) -> Progress | None:
     return Progress(_get(stats, "data_total"), _get(stats, "data_remaining"))
 
 
+def answers(connection: LibvirtConnection) -> bool:
+    """Whether the host's libvirtd still answers on this connection (``getLibVersion``).
+
+    The migration job runs on connections of its own and blocks in the source's libvirtd
+    while QEMU copies memory: a target libvirtd that died meanwhile is only noticed here
+    (the incoming QEMU may go on receiving, and the job would wait for its end)."""
+    if not connection.is_alive():
+        return False
+    try:
+        connection.conn.getLibVersion()
+    except libvirt.libvirtError:
+        return False
+    return connection.is_alive()
+
+
 def _get(stats: dict[str, Any], key: str) -> int | None:
     value = stats.get(key)
     return None if value is None else int(value)
