@@ -23,6 +23,7 @@ from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostsession import HostSession, connect
 from kvmfleet.reconcile.outcome import Outcome
 from kvmfleet.reconcile.resource import Resource
+from kvmfleet.settings import HOST_LABEL
 from kvmfleet.ssh import facts, hostcmds
 from kvmfleet.ssh.errors import (
     AuthenticationError,
@@ -53,7 +54,10 @@ HEARTBEAT_FACTOR = 10
 
 
 async def reconcile(ctx: Context, host: Resource) -> Outcome:
-    """A spec change (or the operator's start): probe now."""
+    """A spec change (or the operator's start): its VMs check again at their next tick (a
+    maintenance drains now, not a sync interval later), and the host is probed now."""
+    for node in await fleetindex.virtualnodes(ctx, (HOST_LABEL, host.name)):
+        ctx.last_sync.pop(str(node["metadata"].get("uid", "")), None)
     async with ctx.lock(f"kh/{host.name}"):
         return await converge(ctx, host)
 
