@@ -117,8 +117,13 @@ def run(host: FakeHost, obj: Resource, monkeypatch: pytest.MonkeyPatch, nodes: A
     def list_objects(plural: str) -> list[dict[str, Any]]:
         return masters if plural == "vmmasters" else (nodes or [source_node()])
 
+    def get_object(plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        assert plural == "vmmasters" and name == "kvmm" and namespace == NS
+        return masters[0]
+
     kube = SimpleNamespace(
         list_cluster_objects=list_objects,
+        get_object=get_object,
         patch_status=lambda plural, name, ns, body: patched.append(body),
     )
 

@@ -88,15 +88,12 @@ async def resolve(ctx: Context, node: Resource, spec: VirtualNodeSpec) -> Clone 
     assert spec.source is not None
     name = spec.source.vm_master
     placed = bool(node.status.get("host"))
-    masters = await ctx.blocking(ctx.kube.list_cluster_objects, "vmmasters")
-    obj = next(
-        (
-            m
-            for m in masters
-            if m["metadata"]["name"] == name and m["metadata"].get("namespace") == node.namespace
-        ),
-        None,
-    )
+    try:  # its one master, not a LIST of every VmMaster on every pass
+        obj: dict[str, Any] | None = await ctx.blocking(
+            ctx.kube.get_object, "vmmasters", name, node.namespace
+        )
+    except NotFoundError:
+        obj = None
     if obj is None:
         if placed:
             return None

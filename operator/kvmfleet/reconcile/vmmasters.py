@@ -341,8 +341,14 @@ async def _finish(  # noqa: PLR0917 - the capture's whole context
     source_spec: VirtualNodeSpec,
     outcome: Outcome,
 ) -> None:
-    masters = await ctx.blocking(ctx.kube.list_cluster_objects, "vmmasters")
-    body = next((m for m in masters if m["metadata"].get("uid") == master.uid), {})
+    try:
+        body: dict[str, Any] = await ctx.blocking(
+            ctx.kube.get_object, "vmmasters", master.name, master.namespace
+        )
+    except NotFoundError:
+        body = {}
+    if (body.get("metadata") or {}).get("uid") != master.uid:
+        body = {}
     who = originator((body.get("metadata") or {}).get("managedFields"))
     outcome.status.update(
         {
