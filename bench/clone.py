@@ -14,13 +14,16 @@ source disk) both paths do the same work on the host's `local` directory pool:
                      each is Ready with its domain defined; manual: per clone `qemu-img
                      create -f qcow2 -F qcow2 -b master`, `virsh define` (`clonevm -b`).
   clone detached     the same with full copies: kvmfleet Detached clones; manual `qemu-img
-                     convert` + `virsh define` (`clonevm -b -d`).
+                     convert` + `virsh define` (`clonevm -b -d`); and `virt-clone
+                     --original` of a domain over the manual master (run on the host), the
+                     tool many admins use instead.
   clone running      (first size only) N attached clones until Running and Ready;
                      manual: `qemu-img create -b`, `virsh define`, `virsh start`.
 
 Usage (see bench/README.md):
-  .venv/bin/python bench/clone.py [--data 1Gi,4Gi] [--clones 10] [--detached-clones 2]
-                                  [--running 20] [--repeat 1] [--json out.json]
+  .venv/bin/python bench/clone.py [--data 1Gi,8Gi] [--clones 10] [--detached-clones 2]
+                                  [--running 20] [--repeat 1] [--no-virt-clone]
+                                  [--json out.json]
 """
 
 from __future__ import annotations
@@ -50,10 +53,11 @@ IMAGE_DIR = vc.IMAGE_DIR
 VMM = "vmmasters.kvmfleet.io"
 PATTERN = "0x5a"
 CHUNK = 256 * 1024**2
-OUR_NAME = re.compile(r"^bench-cl[km][satdr]-\d+-\d+$")
+OUR_NAME = re.compile(r"^bench-cl[km][satdrv]-\d+-\d+$")
 """Names this benchmark gives VirtualNodes, VmMasters, domains and manual images: path
 (k kvmfleet, m manual), role (s source, t/a/d/r master attached... see Clones.names),
 sample number, index. The only domains and files it ever removes."""
+PATHS = ("kvmfleet", "manual", "virt-clone")
 CASES = ("capture-attached", "capture-detached", "clone-attached", "clone-detached",
          "clone-running")  # fmt: skip
 TITLES = {
@@ -89,6 +93,13 @@ clone_attached() {  # MASTER NAME  (clonevm -b)
 clone_detached() {  # MASTER NAME  (clonevm -b -d)
     ssh_ qemu-img convert -f qcow2 -O qcow2 "$(img "$1")" "$(img "$2")"
     define_ "$2"
+}
+template_() {  # MASTER  (a domain whose disk is MASTER: what virt-clone copies)
+    define_ "$1"
+}
+virt_clone() {  # MASTER NAME  (virt-clone --original: a full copy of the domain's disk)
+    ssh_ virt-clone --connect qemu:///system --quiet --original "$1" --name "$2" \
+        --file "$(img "$2")" --check all=off
 }
 clone_running() {  # MASTER NAME
     clone_attached "$1" "$2"
@@ -503,6 +514,8 @@ class CloneBench(vc.Bench):
             if row:
                 row.disk_bytes = self.allocated([f"{x}.qcow2" for x in m_names])
                 row.details["backing"] = self.backing(f"{m_names[0]}.qcow2")
+            if case == "clone-detached" and args.virt_clone:
+                self.virt_clone_row(m_m, [nm("m", "v", i) for i in range(n)], s, timeout, attempt)
             if case == "clone-running":
                 self.verify_running(m_names, {x: self.host.name for x in m_names})
                 for name in m_names:
@@ -511,6 +524,24 @@ class CloneBench(vc.Bench):
             if row.data == data and row.repeat == repeat and row.case.startswith("capture"):
                 row.details.update(checks)
         self.clean_round(s)
+
+    def virt_clone_row(
+        self,
+        master: str,
+        names: list[str],
+        s: int,
+        timeout: float,
+        attempt: Callable[[str, str, int, Callable[[], Row]], Row | None],
+    ) -> None:
+        """The detached clones made with virt-clone from a domain over the manual master
+        (the domain is defined first, not timed)."""
+        self.manual("template_", [(master, "-")], f"s{s}-template", 60)
+        pairs = [(master, x) for x in names]
+        body = partial(self.manual, "virt_clone", pairs, f"s{s}-virt-clone", timeout)
+        row = attempt("clone-detached", "virt-clone", len(names), body)
+        if row:
+            row.disk_bytes = self.allocated([f"{x}.qcow2" for x in names])
+            row.details["backing"] = self.backing(f"{names[0]}.qcow2")
 
     def clean_round(self, s: int) -> None:
         """Clones and sources first, then the masters (a master waits for its dependants)."""
@@ -562,8 +593,10 @@ def summarise(rows: list[Row]) -> list[dict[str, Any]]:
     for case_i, data in keys:
         case = CASES[case_i]
         line: dict[str, Any] = {"case": case, "data": data}
-        for path in ("kvmfleet", "manual"):
+        for path in PATHS:
             chosen = [r for r in rows if (r.case, r.data, r.path) == (case, data, path)]
+            if path == "virt-clone" and not chosen:
+                continue
             ok = [r for r in chosen if r.error is None and r.seconds is not None]
             secs = [r.seconds for r in ok if r.seconds is not None]
             line[path] = {
@@ -581,6 +614,9 @@ def summarise(rows: list[Row]) -> list[dict[str, Any]]:
             }
         k, m = line["kvmfleet"]["seconds"], line["manual"]["seconds"]
         line["ratio"] = round(k / m, 2) if k and m else None
+        if "virt-clone" in line:
+            v = line["virt-clone"]["seconds"]
+            line["ratioVirtClone"] = round(k / v, 2) if k and v else None
         out.append(line)
     return out
 
@@ -608,6 +644,20 @@ def print_report(summary: list[dict[str, Any]]) -> None:
             f"{vc.fmt(m['perItemMedian']):>11}{mib(k['diskBytes']):>11}{mib(m['diskBytes']):>11}"
             + (f" ({failed} failed)" if failed else "")
         )
+    versus = [line for line in summary if "virt-clone" in line]
+    if versus:
+        lines += ["", "clone detached against virt-clone (the same number of full copies):", ""]
+        lines.append(f"{'data':>6}{'n':>4}{'kvmfleet s':>11}{'virt-clone s':>13}{'ratio':>7}"
+                     f"{'v per item':>11}{'v disk MiB':>11}")  # fmt: skip
+        for line in versus:
+            k, v = line["kvmfleet"], line["virt-clone"]
+            disk = "-" if v["diskBytes"] is None else f"{v['diskBytes'] / 1024**2:.1f}"
+            lines.append(
+                f"{human(line['data']):>6}{k['items']:>4}{vc.fmt(k['seconds']):>11}"
+                f"{vc.fmt(v['seconds']):>13}{vc.fmt(line['ratioVirtClone']):>7}"
+                f"{vc.fmt(v['perItemMedian']):>11}{disk:>11}"
+                + (f" ({v['failed']} failed)" if v["failed"] else "")
+            )
     print("\n".join(lines))
 
 
@@ -628,6 +678,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="as in vm_create.py (default private)")  # fmt: skip
     parser.add_argument("--vm-sync-interval", type=float, default=30,
                         help="KVMFLEET_VM_SYNC_INTERVAL (default 30)")  # fmt: skip
+    parser.add_argument("--no-virt-clone", dest="virt_clone", action="store_false",
+                        help="skip the virt-clone path of the detached clones")  # fmt: skip
     parser.add_argument("--verbose-operator", action="store_true")
     parser.add_argument("--json", type=Path, help="write every row and the summary here")
     args = parser.parse_args(argv)
