@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 from support import testbed as testbed_support
-from support.cluster import Kubectl, OperatorProcess, cluster_env
+from support.cluster import Kubectl, OperatorProcess, prepared
 from support.testbed import RUN_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,23 +27,8 @@ def cluster() -> Iterator[Kubectl]:
     started_here = status.returncode != 0
     if started_here:
         subprocess.run(["bash", str(REPO / "hack/cluster.sh"), "up"], check=True)
-    env = cluster_env()
-    kubectl = Kubectl(env["KUBECONFIG"], str(Path(env["PATH"].split(":")[0]) / "kubectl"))
-    os.environ["KUBECONFIG"] = env["KUBECONFIG"]
-    kubectl.run("apply", "-f", str(REPO / "crds"))
-    kubectl.run(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kvmhosts.kvmfleet.io",
-        "crd/virtualnodes.kvmfleet.io",
-        "crd/vmmasters.kvmfleet.io",
-    )
-    # The OpenAPI document (what `kubectl explain` reads) is published a few seconds later.
-    deadline = time.monotonic() + 90
-    while kubectl.run("explain", "virtualnode.spec", check=False).returncode != 0:
-        assert time.monotonic() < deadline, "CRD schemas never appeared in the OpenAPI document"
-        time.sleep(1)
+    kubectl = prepared()
+    os.environ["KUBECONFIG"] = kubectl.kubeconfig
     yield kubectl
     if started_here and not os.environ.get("KVMFLEET_KEEP_CLUSTER"):
         subprocess.run(["bash", str(REPO / "hack/cluster.sh"), "down"], check=False)

@@ -6,6 +6,10 @@ bindings are applied (not the Deployment: no operator runs here), and `kubectl a
 Both shapes are checked: cluster-wide (the default) and with watchNamespaces. Then the
 real operator runs with the ServiceAccount's own token (not as an administrator) and must
 handle a KvmHost and a VirtualNode without a single 403.
+
+The module runs on a control plane of its own: the operator it starts reconciles every
+KvmHost of its cluster (they are cluster-scoped), and on the shared one that would be SSH
+work on other tests' hypervisors and, in the namespaced shape, 403s written into them.
 """
 
 from __future__ import annotations
@@ -25,11 +29,18 @@ from typing import Any
 import pytest
 import yaml
 
-from support.cluster import Kubectl, OperatorProcess, free_port
+from support.cluster import Kubectl, OperatorProcess, free_port, private_control_plane
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kvmfleet"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Kubectl]:
+    """This module's own control plane (see the module's docstring)."""
+    with private_control_plane("rbac") as kubectl:
+        yield kubectl
 
 
 @pytest.fixture(scope="module")
@@ -590,16 +601,8 @@ def test_operator_runs_with_only_the_chart_permissions(
     tmp_path: Path,
     shape: str,
 ) -> None:
-    # A second operator would also reconcile every KvmHost already in the cluster (they are
-    # cluster-scoped and always watched): on a shared control plane that means SSH work on
-    # someone else's hypervisors, and, in the namespaced shape, 403s written into their
-    # status. Only run where this test's objects are the only KvmHosts (as in CI).
     foreign = [o["metadata"]["name"] for o in cluster.json("get", "kvmhosts")["items"]]
-    if foreign:
-        pytest.skip(
-            f"KvmHosts {', '.join(foreign)} exist on this control plane and a second operator "
-            "would reconcile them too; run on a control plane of its own (CI does)"
-        )
+    assert not foreign, f"this module's control plane has other KvmHosts: {foreign}"
     installed: Installed = request.getfixturevalue(shape)
     if shape == "namespaced":
         (vm_namespace,) = [

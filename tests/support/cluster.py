@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,16 +12,21 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cluster_env() -> dict[str, str]:
+def cluster_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """KUBECONFIG and PATH of the control plane ``env`` (default: this process's) selects."""
     out = subprocess.run(
-        ["bash", str(REPO / "hack/cluster.sh"), "env"], check=True, capture_output=True, text=True
+        ["bash", str(REPO / "hack/cluster.sh"), "env"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=None if env is None else dict(env),
     ).stdout
     env: dict[str, str] = {}
     for line in out.splitlines():
@@ -94,6 +100,49 @@ class Kubectl:
 
 STUCK_SHOWN = 5
 """How many stuck objects a timeout describes in full."""
+
+
+def prepared(env: Mapping[str, str] | None = None) -> Kubectl:
+    """kubectl for the control plane ``env`` selects, with kvmfleet's CRDs applied,
+    established and published in the OpenAPI document (what `kubectl explain` reads)."""
+    found = cluster_env(env)
+    kubectl = Kubectl(found["KUBECONFIG"], str(Path(found["PATH"].split(":")[0]) / "kubectl"))
+    kubectl.run("apply", "-f", str(REPO / "crds"))
+    kubectl.run("wait", "--for=condition=Established", "--timeout=60s",
+                "crd/kvmhosts.kvmfleet.io", "crd/virtualnodes.kvmfleet.io",
+                "crd/vmmasters.kvmfleet.io")  # fmt: skip
+    deadline = time.monotonic() + 90
+    while kubectl.run("explain", "virtualnode.spec", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "CRD schemas never appeared in the OpenAPI document"
+        time.sleep(1)
+    return kubectl
+
+
+PRIVATE_INSTANCE_OFFSET = 5
+"""A private control plane uses instance (this worker's instance + 5): workers use 0-4."""
+
+
+@contextlib.contextmanager
+def private_control_plane(name: str) -> Iterator[Kubectl]:
+    """A control plane of its own (hack/cluster.sh, run directory ``<run dir>/<name>``),
+    for tests whose operator reconciles every object of a kind in its cluster; stopped and
+    removed afterwards."""
+    instance = int(os.environ.get("KVMFLEET_INSTANCE", "0") or "0") + PRIVATE_INSTANCE_OFFSET
+    if instance > 9:
+        raise RuntimeError(f"a private control plane would need instance {instance} (0-9)")
+    run_dir = Path(os.environ.get("KVMFLEET_RUN_DIR", REPO / ".run")) / name
+    ports = ("KVMFLEET_API_PORT", "KVMFLEET_ETCD_PORT", "KVMFLEET_ETCD_PEER_PORT",
+             "KVMFLEET_KCM_PORT")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ports}  # the instance shifts them
+    env.update(KVMFLEET_INSTANCE=str(instance), KVMFLEET_RUN_DIR=str(run_dir))
+    env.pop("KUBECONFIG", None)
+    script = str(REPO / "hack/cluster.sh")
+    subprocess.run(["bash", script, "down"], env=env, capture_output=True, check=False)
+    subprocess.run(["bash", script, "up"], env=env, check=True, timeout=300)
+    try:
+        yield prepared(env)
+    finally:
+        subprocess.run(["bash", script, "down"], env=env, capture_output=True, check=False)
 
 
 def conditions_of(obj: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
