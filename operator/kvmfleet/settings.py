@@ -118,6 +118,11 @@ class Settings:
     migration_bandwidth_mib: int = 0
     """Bandwidth cap of a live migration in MiB/s (0: libvirt's default, no cap)."""
 
+    migration_max_downtime_ms: int = 0
+    """Longest pause of the guest at the end of a live migration, in milliseconds (set on the
+    job as soon as it runs; 0: QEMU's default, 300 ms). A lower value makes a busy guest's
+    migration take longer (or reach migration_timeout) rather than pause longer."""
+
     migration_port: int = 49152
     """The target's first migration port (libvirt's qemu.conf ``migration_port_min``): the
     live migration pre-flight connects to it from the source host."""

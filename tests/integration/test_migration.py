@@ -10,6 +10,8 @@
   condition names the reason; once the cause is gone the move happens.
 * The operator killed just before the job starts and just after it ended (failpoints):
   after the restart exactly one copy runs and the status converges.
+* The target's libvirtd killed while the memory is copied: the VM keeps running on the
+  source, the condition says the target stopped answering; a retry moves it.
 * ``kubectl kvm drain kvmhost1 --wait``: its movable VM moves to kvmhost2, a VM pinned by
   ``hostRef`` stays and is named; ``uncordon`` ends the maintenance.
 
@@ -260,17 +262,13 @@ def test_operator_killed_mid_migration_leaves_one_copy(
     assert obj["status"]["migration"]["phase"] == "Succeeded"
 
 
-@pytest.mark.skipif(
-    not os.environ.get("KVMFLEET_FAULT_TESTS"),
-    reason="does not pass yet (issue 11: after the target's libvirtd is killed the VM is not "
-    "back to Running on the source within 120 s); run it with KVMFLEET_FAULT_TESTS=1",
-)
 def test_target_libvirtd_killed_mid_migration_then_a_retry_succeeds(
     cluster: Kubectl, operator: OperatorProcess, hosts: list[str], ns: str
 ) -> None:
-    """The target's libvirtd dies while the memory is copied (1 MiB/s, so it takes a while):
-    the VM keeps running on kvmhost1, the condition says so; once libvirtd is back the
-    operator retries and the VM moves."""
+    """The target's libvirtd dies while the memory is copied: the VM keeps running on
+    kvmhost1 and the condition says why; once libvirtd is back the move is retried and
+    succeeds. The job is kept from converging (1 MiB/s, at most 1 ms of guest pause: a
+    running guest dirties more than that), so the kill always lands mid-copy."""
     name = f"kill-{ns[-6:]}"
     cluster.apply(vm(name, ns, hostRef="kvmhost1"))
     cluster.wait_for(is_("Ready", "True"), "vn", name, "-n", ns, timeout=120)
@@ -278,7 +276,11 @@ def test_target_libvirtd_killed_mid_migration_then_a_retry_succeeds(
     slow = OperatorProcess(
         cluster.kubeconfig,
         RUN_DIR / "logs" / "operator-slow-migration.log",
-        extra_env={**operator.extra_env, "KVMFLEET_MIGRATION_BANDWIDTH_MIB": "1"},
+        extra_env={
+            **operator.extra_env,
+            "KVMFLEET_MIGRATION_BANDWIDTH_MIB": "1",
+            "KVMFLEET_MIGRATION_MAX_DOWNTIME_MS": "1",
+        },
     )
     try:
         slow.start()
@@ -291,26 +293,29 @@ def test_target_libvirtd_killed_mid_migration_then_a_retry_succeeds(
         status = run_testbed("status", check=False).stdout
         found = re.search(r"^kvmhost2/libvirtd\s+up\s+pid (\d+)", status, re.M)
         assert found, status
+        killed = time.monotonic()
         os.kill(int(found.group(1)), signal.SIGKILL)
         obj = cluster.wait_for(
-            lambda o: condition(o, "Migration").get("reason") in ("MigrationFailed",),
-            "vn", name, "-n", ns, timeout=180,
+            lambda o: condition(o, "Migration").get("reason") == "MigrationFailed",
+            "vn", name, "-n", ns, timeout=120,
         )  # fmt: skip
-        assert obj["status"]["host"] == "kvmhost1"
-        assert obj["status"]["migration"]["phase"] == "Failed"
-        assert state("kvmhost1", name) == "running"
-        print(f"\nafter the kill: {condition(obj, 'Migration')['message'][:300]}")
-        run_testbed("up", timeout=600)  # libvirtd on kvmhost2 again
-        cluster.wait_for(
-            lambda o: o["status"].get("host") == "kvmhost2"
-            and (o["status"].get("migration") or {}).get("phase") == "Succeeded",
-            "vn", name, "-n", ns, timeout=400,
-        )  # fmt: skip
+        noticed = time.monotonic() - killed
     finally:
         slow.stop()
-        operator.start()
+    message = condition(obj, "Migration")["message"]
+    assert obj["status"]["host"] == "kvmhost1"
+    assert obj["status"]["migration"]["phase"] == "Failed"
+    assert "the libvirtd of kvmhost2 stopped answering" in message, message
+    assert state("kvmhost1", name) == "running"
+    print(f"\nfailed {noticed:.1f} s after the kill: {message[:300]}")
+    operator.start()
+    run_testbed("up", timeout=600)  # libvirtd on kvmhost2 again
+    cluster.wait_for(
+        lambda o: o["status"].get("host") == "kvmhost2"
+        and (o["status"].get("migration") or {}).get("phase") == "Succeeded",
+        "vn", name, "-n", ns, timeout=400,
+    )  # fmt: skip
     assert state("kvmhost2", name) == "running" and state("kvmhost1", name) == "absent"
-    assert cluster.json("get", "vn", name, "-n", ns)["status"]["migration"]["attempts"] >= 2
 
 
 def test_drain_moves_the_movable_vms_and_names_the_pinned_ones(

@@ -476,10 +476,14 @@ async def _live(  # noqa: PLR0917 - both hosts, both connections, the pass
     aborted = False
     target_lost: str | None = None
     silent = 0
+    downtime_set = settings.migration_max_downtime_ms <= 0
     while not job.done():
-        await asyncio.wait({job}, timeout=PROGRESS_INTERVAL)
+        await asyncio.wait({job}, timeout=PROGRESS_INTERVAL if downtime_set else 0.2)
         if job.done():
             break
+        if not downtime_set:
+            downtime_set = await _cap_downtime(ctx, source, source_conn, node.name, started)
+            continue
         if not aborted:
             silent = 0 if await _answers(ctx, target) else silent + 1
             if silent >= TARGET_SILENT_CHECKS:
@@ -511,6 +515,8 @@ async def _live(  # noqa: PLR0917 - both hosts, both connections, the pass
     try:
         await job
     except KvmfleetError as error:
+        if target_lost is None and not aborted and not await _answers(ctx, target):
+            target_lost = f"the libvirtd of {target.name} stopped answering during the migration"
         if target_lost is not None:
             message = f"{target_lost}: {error.message}"
         elif aborted:
@@ -533,6 +539,18 @@ async def _live(  # noqa: PLR0917 - both hosts, both connections, the pass
     failpoints.hit("after-migrate")
     await _moved(ctx, node, target.name, status, outcome, conds, started)
     return True
+
+
+async def _cap_downtime(
+    ctx: Context, source: PlacedHost, conn: LibvirtConnection, name: str, started: float
+) -> bool:
+    """Set migration_max_downtime_ms on the job once it runs; True when done with it (set,
+    or tried for PROGRESS_INTERVAL: the job then goes on with QEMU's default)."""
+    with contextlib.suppress(KvmfleetError):
+        limit = ctx.settings.migration_max_downtime_ms
+        if await ctx.on_host(source.name, 10.0, virt.set_max_downtime, conn, name, limit):
+            return True
+    return time.monotonic() - started >= PROGRESS_INTERVAL
 
 
 async def _answers(ctx: Context, host: PlacedHost) -> bool:

@@ -133,6 +133,19 @@ def _get(stats: dict[str, Any], key: str) -> int | None:
     return None if value is None else int(value)
 
 
+def set_max_downtime(connection: LibvirtConnection, name: str, milliseconds: int) -> bool:
+    """Cap the guest's pause at the end of the running migration job; False when no job
+    runs yet (or any more)."""
+    domain = _domain(connection, name)
+    try:
+        domain.migrateSetMaxDowntime(milliseconds, 0)
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+            return False
+        raise classify(error, f"{connection.label}: domain {name!r}: set max downtime") from error
+    return True
+
+
 def abort(connection: LibvirtConnection, name: str) -> bool:
     """Abort the domain's running job (``virDomainAbortJob``); False when none runs."""
     domain = _domain(connection, name)
