@@ -537,7 +537,12 @@ class CloneBench(vc.Bench):
         (the domain is defined first, not timed)."""
         self.manual("template_", [(master, "-")], f"s{s}-template", 60)
         pairs = [(master, x) for x in names]
-        body = partial(self.manual, "virt_clone", pairs, f"s{s}-virt-clone", timeout)
+
+        def body() -> Row:
+            made = self.manual("virt_clone", pairs, f"s{s}-virt-clone", timeout)
+            made.path = "virt-clone"
+            return made
+
         row = attempt("clone-detached", "virt-clone", len(names), body)
         if row:
             row.disk_bytes = self.allocated([f"{x}.qcow2" for x in names])
