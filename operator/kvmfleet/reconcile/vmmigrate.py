@@ -163,8 +163,6 @@ async def follow(  # noqa: PLR0915, PLR0917 - one step per outcome of a move
             )
         )
     refusals = await _preflight(ctx, node, spec, hosts, source_obj, target_obj, info)
-    if not refusals and state in (DomainState.RUNNING, DomainState.PAUSED):
-        refusals = await _migration_path(ctx, source, target_obj)
     if refusals:
         _refuse(node, outcome, conds, placement, target, refusals)
         return placement
@@ -181,6 +179,12 @@ async def follow(  # noqa: PLR0915, PLR0917 - one step per outcome of a move
         _queued(node, outcome, conds, placement, target)
         return placement
     try:
+        # The path check runs with a slot held: a queue of moves does not repeat it.
+        if state in (DomainState.RUNNING, DomainState.PAUSED) and (
+            refusals := await _migration_path(ctx, source, target_obj)
+        ):
+            _refuse(node, outcome, conds, placement, target, refusals)
+            return placement
         target_host = await connect_host(
             ctx, target, _spec(target_obj), dict(target_obj.get("status") or {})
         )
