@@ -596,7 +596,7 @@ def test_cluster_wide_rbac_matches_the_design(helm: str) -> None:
     assert grants == {
         ("kvmfleet.io", "kvmhosts"): {"get", "list", "watch", "patch"},
         ("kvmfleet.io", "virtualnodes"): {"list", "watch", "patch"},
-        ("kvmfleet.io", "vmmasters"): {"list", "watch", "patch"},
+        ("kvmfleet.io", "vmmasters"): {"get", "list", "watch", "patch"},
         ("kvmfleet.io", "kvmhosts/status"): {"patch"},
         ("kvmfleet.io", "virtualnodes/status"): {"patch"},
         ("kvmfleet.io", "vmmasters/status"): {"patch"},
