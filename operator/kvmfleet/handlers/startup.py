@@ -11,7 +11,18 @@ import kopf
 from kvmfleet import __version__, metrics
 from kvmfleet.reconcile import vmstats
 from kvmfleet.reconcile.context import Context
-from kvmfleet.settings import FINALIZER, Settings
+from kvmfleet.settings import FINALIZER, HOST_LABEL, Settings
+
+
+def diffbase_storage() -> kopf.StatusDiffBaseStorage:
+    """Where Kopf keeps what it last handled (status.kopf.diffbase), and what it compares.
+
+    The host label is the operator's own record of a placement, not a change to react to:
+    left out of the comparison, placing a VM costs no extra handler cycle and no extra
+    diffbase PATCH."""
+    return kopf.StatusDiffBaseStorage(
+        field="status.kopf.diffbase", ignored_fields=[("metadata", "labels", HOST_LABEL)]
+    )
 
 
 @kopf.on.startup()
@@ -28,7 +39,7 @@ async def configure(
     # Kopf keeps its bookkeeping in status.kopf, never in metadata: kvmfleet only adds its
     # finalizer and labels to metadata (GitOps tools own the rest).
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
+    settings.persistence.diffbase_storage = diffbase_storage()
     # Events are kvmfleet's own (kopf.event with CamelCase reasons, docs/conditions.md):
     # Kopf's log lines are never posted as Events, so an expected wait (a requeue that Kopf
     # logs as "failed temporarily") is no `Error` Event and no news is posted twice.
