@@ -515,6 +515,10 @@ class CloneBench(vc.Bench):
                 row.disk_bytes = self.allocated([f"{x}.qcow2" for x in m_names])
                 row.details["backing"] = self.backing(f"{m_names[0]}.qcow2")
             if case == "clone-detached" and args.virt_clone:
+                # The manual clones are measured: their space goes to virt-clone's copies.
+                for name in m_names:
+                    self.host.virsh("undefine", name, check=False)
+                self.host.ssh(f"rm -f {' '.join(f'{IMAGE_DIR}/{x}.qcow2' for x in m_names)}")
                 self.virt_clone_row(m_m, [nm("m", "v", i) for i in range(n)], s, timeout, attempt)
             if case == "clone-running":
                 self.verify_running(m_names, {x: self.host.name for x in m_names})
