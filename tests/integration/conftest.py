@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from support import testbed as testbed_support
-from support.cluster import Kubectl, OperatorProcess, prepared
+from support.cluster import SESSION_OPERATORS, Kubectl, OperatorProcess, prepared
 from support.testbed import RUN_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +55,9 @@ def operator(cluster: Kubectl) -> Iterator[OperatorProcess]:
         },
     )
     proc.start()
+    SESSION_OPERATORS.append(proc)
     yield proc
+    SESSION_OPERATORS.remove(proc)
     proc.stop()
 
 

@@ -215,6 +215,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SESSION_OPERATORS: list[OperatorProcess] = []
+"""The session's shared operator, once a test asked for it (conftest.py): a module that
+runs an operator of its own on the same control plane pauses it meanwhile."""
+
+
 class OperatorProcess:
     """`kvmfleet run` as a real subprocess, with its log kept for assertions."""
 
