@@ -290,8 +290,11 @@ class CloneBench(vc.Bench):
             vc.BENCH_MARK: str(self.work),
         }
 
-    def manual(self, fn: str, pairs: list[tuple[str, str]], tag: str, timeout: float) -> Row:
-        """Run one manual shell loop; the row's seconds and per-item completion times."""
+    def manual(
+        self, fn: str, pairs: list[tuple[str, str]], tag: str, timeout: float, path: str = "manual"
+    ) -> Row:
+        """Run one shell loop (the manual path, or virt-clone); the row's seconds and per-item
+        completion times."""
         listing = self.work / f"{tag}.list"
         listing.write_text("".join(f"{a} {b}\n" for a, b in pairs))
         script = self.work / f"{tag}.sh"
@@ -314,7 +317,7 @@ class CloneBench(vc.Bench):
             float(m.group(1)) - started_wall
             for m in re.finditer(r"^BENCH-DONE \S+ ([0-9.]+)$", proc.stdout, re.M)
         )
-        row = Row(case="", path="manual", data=0, items=len(pairs), repeat=0)
+        row = Row(case="", path=path, data=0, items=len(pairs), repeat=0)
         row.seconds = round(elapsed, 3)
         row.per_item = spread(stamps)
         row.details = {"machine": probe.finish()}
@@ -542,11 +545,7 @@ class CloneBench(vc.Bench):
         self.manual("template_", [(master, "-")], f"s{s}-template", 60)
         pairs = [(master, x) for x in names]
 
-        def body() -> Row:
-            made = self.manual("virt_clone", pairs, f"s{s}-virt-clone", timeout)
-            made.path = "virt-clone"
-            return made
-
+        body = partial(self.manual, "virt_clone", pairs, f"s{s}-virt-clone", timeout, "virt-clone")
         row = attempt("clone-detached", "virt-clone", len(names), body)
         if row:
             row.disk_bytes = self.allocated([f"{x}.qcow2" for x in names])

@@ -30,7 +30,7 @@ from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.hostaccess import read_host
 from kvmfleet.reconcile.imagefiles import CloneImage
 from kvmfleet.reconcile.resource import Resource
-from kvmfleet.reconcile.vmmasters import master_location
+from kvmfleet.reconcile.vmmasters import master_location, read_master
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,7 @@ async def resolve(ctx: Context, node: Resource, spec: VirtualNodeSpec) -> Clone 
     assert spec.source is not None
     name = spec.source.vm_master
     placed = bool(node.status.get("host"))
-    try:  # its one master, not a LIST of every VmMaster on every pass
-        obj: dict[str, Any] | None = await ctx.blocking(
-            ctx.kube.get_object, "vmmasters", name, node.namespace
-        )
-    except NotFoundError:
-        obj = None
+    obj = await read_master(ctx, node.namespace or "", name)
     if obj is None:
         if placed:
             return None

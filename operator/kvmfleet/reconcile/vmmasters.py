@@ -333,6 +333,15 @@ async def _chain(host: PlacedHost, target: str) -> list[facts.ImageInfo]:
         raise KvmfleetError(f"{refused.text} ({refused.reason})", reason=CAPTURE_FAILED) from None
 
 
+async def read_master(ctx: Context, namespace: str, name: str) -> dict[str, Any] | None:
+    """One VmMaster, read by name (never a LIST of them all); None when it does not exist."""
+    try:
+        obj: dict[str, Any] = await ctx.blocking(ctx.kube.get_object, "vmmasters", name, namespace)
+    except NotFoundError:
+        return None
+    return obj
+
+
 async def _finish(  # noqa: PLR0917 - the capture's whole context
     ctx: Context,
     master: Resource,
@@ -341,12 +350,7 @@ async def _finish(  # noqa: PLR0917 - the capture's whole context
     source_spec: VirtualNodeSpec,
     outcome: Outcome,
 ) -> None:
-    try:
-        body: dict[str, Any] = await ctx.blocking(
-            ctx.kube.get_object, "vmmasters", master.name, master.namespace
-        )
-    except NotFoundError:
-        body = {}
+    body = await read_master(ctx, master.namespace or "", master.name) or {}
     if (body.get("metadata") or {}).get("uid") != master.uid:
         body = {}
     who = originator((body.get("metadata") or {}).get("managedFields"))
