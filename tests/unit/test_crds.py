@@ -875,7 +875,7 @@ CONTRACT = {
         "spec": {
             "address", "port", "user", "sshKeySecretRef", "hostKey", "hostKeyPolicy",
             "libvirtURI", "bridges", "storagePools", "nfsAccess", "maintenance",
-            "allowedNamespaces", "overcommit",
+            "allowedNamespaces", "overcommit", "migrationGroup",
         },
         "status": {
             "observedGeneration", "conditions", "hostKey", "hostKeyFingerprint", "capabilities",
@@ -899,8 +899,12 @@ CONTRACT = {
         "status.bridges[]": {"name", "interface", "ready"},
         "status.storagePools[]": {"name", "url", "path", "capacityBytes", "availableBytes"},
         "status.domains[]": {"name", "state", "disks"},
-        "status.guestCpu": {"probedFor", "default", "working", "trials"},
+        "status.guestCpu": {"probedFor", "default", "working", "trials", "hostCpu", "group"},
         "status.guestCpu.trials[]": {"mode", "model", "works", "message"},
+        "status.guestCpu.hostCpu": {"arch", "model", "vendor", "features"},
+        "status.guestCpu.group": {
+            "name", "members", "choice", "model", "features", "works", "message",
+        },
     },
     "VirtualNode": {
         "spec": {

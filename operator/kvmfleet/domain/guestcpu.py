@@ -12,13 +12,22 @@ because of a CPU choice the operator made.
 
 A choice is written as a label: ``host-model``, ``host-passthrough``, ``maximum``,
 ``hypervisor-default`` or ``custom/<model>``.
+
+KvmHosts that exchange VMs by live migration can form a group (``spec.migrationGroup``).
+Each probe records the host's own CPU (:class:`HostCpuModel`); a host of a group asks
+libvirt for the baseline over the CPUs of the group's KVM members (a named model plus
+the features every one of them has, :func:`parse_baseline`), proves that it starts like
+any other trial, and ``auto`` then gives that baseline (a :class:`GroupCpu`): a VM
+defined on one member can run on every other. A baseline choice is labelled
+``custom/<model>#<digest>``, the digest naming its feature list.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -51,29 +60,62 @@ def validate_model(model: str, field: str = "spec.cpu.model") -> str:
     return model
 
 
+_FEATURE = re.compile(r"[+-][a-z0-9][a-z0-9_.-]{0,63}")
+_DIGEST = re.compile(r"[0-9a-f]{12}")
+
+
+def features_digest(features: Sequence[str]) -> str:
+    """The 12 hex digits naming a feature list (``+name`` required, ``-name`` disabled)."""
+    return hashlib.sha256(",".join(features).encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True, order=True)
 class CpuChoice:
-    """One concrete ``<cpu>`` configuration (never ``auto``)."""
+    """One concrete ``<cpu>`` configuration (never ``auto``).
+
+    A group baseline is a ``custom`` model with ``features`` (``+name`` required,
+    ``-name`` disabled); ``digest`` names that list. Choices compare by label: one read
+    back from a label knows the digest but not the features.
+    """
 
     mode: CpuMode
     model: str | None = None
+    digest: str | None = None
+    features: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.mode is CpuMode.AUTO:
             raise ValueError("auto is not a concrete CPU choice")
         if (self.mode is CpuMode.CUSTOM) != (self.model is not None):
             raise ValueError("a model goes with mode custom, and only with it")
+        if self.features and self.digest != features_digest(self.features):
+            raise ValueError("the digest does not name these features")
+        if self.digest is not None and not (
+            self.mode is CpuMode.CUSTOM and _DIGEST.fullmatch(self.digest)
+        ):
+            raise ValueError(f"{self.digest!r} is not a feature digest of a custom model")
+        for feature in self.features:
+            if not _FEATURE.fullmatch(feature):
+                raise ValueError(f"{feature!r} is not +name or -name of a CPU feature")
+
+    @classmethod
+    def baseline(cls, model: str, features: Sequence[str]) -> CpuChoice:
+        """A named model with the features a group's baseline requires or disables."""
+        listed = tuple(features)
+        return cls(CpuMode.CUSTOM, validate_model(model), features_digest(listed), listed)
 
     @property
     def label(self) -> str:
-        """``host-model``, ``custom/kvm64``, ..."""
-        return f"{self.mode}/{self.model}" if self.model else str(self.mode)
+        """``host-model``, ``custom/kvm64``, ``custom/EPYC#0123456789ab``, ..."""
+        text = f"{self.mode}/{self.model}" if self.model else str(self.mode)
+        return f"{text}#{self.digest}" if self.digest else text
 
     @classmethod
     def parse(cls, label: str) -> CpuChoice:
-        """The inverse of :attr:`label`; ValueError for anything else."""
-        mode, _, model = label.partition("/")
-        choice = cls(CpuMode(mode), validate_model(model) if model else None)
+        """The inverse of :attr:`label` (without the features); ValueError for anything else."""
+        rest, _, digest = label.partition("#")
+        mode, _, model = rest.partition("/")
+        choice = cls(CpuMode(mode), validate_model(model) if model else None, digest or None)
         if choice.mode is CpuMode.AUTO:
             raise ValueError(label)
         return choice
@@ -175,30 +217,140 @@ def preferred(trials: Iterable[Trial]) -> CpuChoice | None:
 
 
 @dataclass(frozen=True)
+class HostCpuModel:
+    """The host's own CPU as libvirt's capabilities describe it (``status.guestCpu.hostCpu``).
+
+    What a group baseline is computed from: the named model libvirt matched, the vendor,
+    the architecture and the features beyond the model.
+    """
+
+    arch: str
+    model: str
+    vendor: str = ""
+    features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for value in (self.arch, self.model, *self.features, *[v for v in [self.vendor] if v]):
+            if not _MODEL.fullmatch(value):
+                raise ValueError(f"{value!r} is not a CPU model, vendor, arch or feature name")
+
+    def to_status(self) -> dict[str, Any]:
+        """The ``status.guestCpu.hostCpu`` object."""
+        return {
+            "arch": self.arch,
+            "model": self.model,
+            "vendor": self.vendor,
+            "features": list(self.features),
+        }
+
+    @classmethod
+    def from_status(cls, raw: object) -> HostCpuModel | None:
+        """Read back ``status.guestCpu.hostCpu``; None when absent or unreadable."""
+        if not isinstance(raw, Mapping):
+            return None
+        try:
+            return cls(
+                str(raw["arch"]),
+                str(raw["model"]),
+                str(raw.get("vendor") or ""),
+                tuple(str(f) for f in raw.get("features") or ()),
+            )
+        except (KeyError, ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class GroupCpu:
+    """``status.guestCpu.group``: the baseline CPU of a host's migration group, proven here.
+
+    ``members`` are the KVM hosts whose CPUs the baseline covers; ``works`` says whether a
+    trial guest with it started on this host (``message`` is QEMU's error when not).
+    """
+
+    name: str
+    members: tuple[str, ...]
+    choice: CpuChoice | None
+    """None when libvirt computed no baseline (``message`` says why)."""
+    works: bool
+    message: str = ""
+
+    def to_status(self) -> dict[str, Any]:
+        """The ``status.guestCpu.group`` object."""
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "members": list(self.members),
+            "choice": self.choice.label if self.choice else "",
+            "model": (self.choice.model or "") if self.choice else "",
+            "features": list(self.choice.features) if self.choice else [],
+            "works": self.works,
+        }
+        if self.message:
+            entry["message"] = self.message
+        return entry
+
+    @classmethod
+    def from_status(cls, raw: object) -> GroupCpu | None:
+        """Read back ``status.guestCpu.group``; None when absent or unreadable."""
+        if not isinstance(raw, Mapping):
+            return None
+        try:
+            model = str(raw.get("model") or "")
+            features = [str(f) for f in raw.get("features") or ()]
+            choice = CpuChoice.baseline(model, features) if model else None
+            return cls(
+                str(raw["name"]),
+                tuple(str(m) for m in raw.get("members") or ()),
+                choice,
+                bool(raw.get("works")),
+                str(raw.get("message") or ""),
+            )
+        except (KeyError, ValueError, TypeError, InvalidSpecError):
+            return None
+
+
+@dataclass(frozen=True)
 class HostCpu:
-    """``status.guestCpu`` of a KvmHost: the trials and what they were made for."""
+    """``status.guestCpu`` of a KvmHost: the trials, what they were made for, the host's
+    own CPU and, for a host of a migration group, the group's baseline."""
 
     probed_for: str
     trials: tuple[Trial, ...]
+    own: HostCpuModel | None = None
+    group: GroupCpu | None = None
 
     @property
     def preferred(self) -> CpuChoice | None:
-        """What ``auto`` gives on this host."""
+        """The best of this host's own trials (what ``auto`` gives without a group)."""
         return preferred(self.trials)
+
+    @property
+    def auto(self) -> CpuChoice | None:
+        """What ``auto`` gives here: the group's baseline where it starts, else
+        :attr:`preferred`."""
+        if self.group is not None and self.group.works and self.group.choice is not None:
+            return self.group.choice
+        return self.preferred
 
     def verdict(self, choice: CpuChoice) -> Trial | None:
         """The trial of ``choice`` on this host, None when it was not tried."""
+        if self.group is not None and self.group.choice == choice:
+            return Trial(choice, self.group.works, self.group.message)
         return next((t for t in self.trials if t.choice == choice), None)
 
     def to_status(self) -> dict[str, Any]:
         """The ``status.guestCpu`` object."""
-        best = self.preferred
-        return {
+        best = self.auto
+        status: dict[str, Any] = {
             "probedFor": self.probed_for,
             "trials": [t.to_status() for t in self.trials],
             "working": [t.choice.label for t in self.trials if t.works],
             "default": best.label if best else "",
         }
+        if self.own is not None:
+            status["hostCpu"] = self.own.to_status()
+        if self.group is not None:
+            status["group"] = self.group.to_status()
+        return status
 
     @classmethod
     def from_status(cls, raw: Mapping[str, Any] | None) -> HostCpu | None:
@@ -208,7 +360,12 @@ class HostCpu:
         trials = tuple(
             t for t in (Trial.from_status(r) for r in raw["trials"] if isinstance(r, Mapping)) if t
         )
-        return cls(str(raw.get("probedFor") or ""), trials)
+        return cls(
+            str(raw.get("probedFor") or ""),
+            trials,
+            HostCpuModel.from_status(raw.get("hostCpu")),
+            GroupCpu.from_status(raw.get("group")),
+        )
 
 
 def probe_signature(*, virtualization: str, libvirt: str, qemu: str, host_cpu: str) -> str:
@@ -225,15 +382,16 @@ class CpuRefusedError(InvalidSpecError):
 def resolve(asked: CpuSpec, host: HostCpu | None, *, kvm: bool, host_name: str) -> CpuChoice:
     """The CPU configuration a VirtualNode gets on a host.
 
-    ``auto``: the host's preferred trial; QEMU's default model when the host has no
-    trials recorded yet (the configuration that starts most widely) or none works.
+    ``auto``: the host's group baseline where it starts, else its preferred trial; QEMU's
+    default model when the host has no trials recorded yet (the configuration that starts
+    most widely) or none works.
     An explicit choice is used as asked unless the host proved that it does not start
     (CpuRefusedError, with the QEMU error); under emulation only ``custom``,
     ``maximum`` and ``hypervisor-default`` make sense.
     """
     choice = asked.choice
     if choice is None:
-        best = host.preferred if host is not None else None
+        best = host.auto if host is not None else None
         return best if best is not None else HYPERVISOR_DEFAULT
     if not kvm and choice.mode in (CpuMode.HOST_MODEL, CpuMode.HOST_PASSTHROUGH):
         raise CpuRefusedError(

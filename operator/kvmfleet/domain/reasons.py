@@ -207,6 +207,7 @@ _TABLE: dict[str, Progress] = {
     "TargetInsufficientCPUAndMemory": _RETRY,
     "StorageNotShared": _STALL,  # a disk is not on NFS both hosts reach the same way
     "CpuIncompatible": _STALL,  # the guest CPU does not run on the target
+    "GroupCpuUnavailable": _STALL,  # libvirt computes no baseline CPU for a migration group
     "MigrationPortUnreachable": _RETRY,  # the source reaches no migration port of the target
     "VirtTypeMismatch": _STALL,  # a KVM guest cannot move to an emulated (TCG) host
     # VmMaster capture and clones (domain/vmmaster.py).

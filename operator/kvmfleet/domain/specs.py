@@ -640,6 +640,8 @@ class KvmHostSpec:
     maintenance: bool = False
     allowed_namespaces: tuple[str, ...] = ()
     overcommit: Overcommit = field(default_factory=Overcommit)
+    migration_group: str | None = None
+    """Hosts with the same group exchange VMs; ``auto`` CPUs are the group's baseline."""
 
     @property
     def effective_libvirt_uri(self) -> str:
@@ -694,6 +696,7 @@ class KvmHostSpec:
                 for i, item in enumerate(_items(p, data, "allowedNamespaces", path))
             ),
             overcommit=Overcommit._parse(p, data.get("overcommit"), f"{path}.overcommit"),
+            migration_group=_optional(p, data, "migrationGroup", path, validate_dns1123_label),
         )
         spec._check_relations(
             p,

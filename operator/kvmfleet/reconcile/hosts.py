@@ -16,6 +16,7 @@ from kvmfleet import metrics
 from kvmfleet.domain import conditions as cond
 from kvmfleet.domain.allocation import allocatable
 from kvmfleet.domain.conditions import Condition, Status
+from kvmfleet.domain.guestcpu import GroupCpu
 from kvmfleet.domain.specs import HostKeyPolicy, KvmHostSpec
 from kvmfleet.errors import KvmfleetError, NotFoundError, PermanentError, TemporaryError
 from kvmfleet.reconcile import fleetindex, hostcpu, hostnetwork, hoststorage, hostusage, vmstats
@@ -177,7 +178,7 @@ async def _converge(ctx: Context, host: Resource, spec: KvmHostSpec, outcome: Ou
     host_facts = await _libvirt(session, conds)
     _virtualization(conds, hw, host_facts)
     if host_facts is not None:
-        await _guest_cpu(session, host, host_facts, conds, outcome)
+        await _guest_cpu(ctx, session, host, spec, host_facts, conds, outcome)
     if host_facts is not None and hw.memory_mib:
         host_facts = replace(host_facts, memory_mib=hw.memory_mib)
     if host_facts is not None:
@@ -346,22 +347,35 @@ def _virtualization(
         )
 
 
-async def _guest_cpu(
+async def _guest_cpu(  # noqa: PLR0917 - the probe's state
+    ctx: Context,
     session: HostSession,
     host: Resource,
+    spec: KvmHostSpec,
     host_facts: HostFacts,
     conds: dict[str, Condition],
     outcome: Outcome,
 ) -> None:
-    """Prove which guest CPU configurations start (see hostcpu); correct the KVM verdict."""
+    """Prove which guest CPU configurations start (see hostcpu) and the migration group's
+    baseline; correct the KVM verdict."""
     kvm = conds[VIRTUALIZATION_CAPABLE].reason == "KVM"
     try:
         host_cpu, fresh = await hostcpu.ensure(
             session, host.status.get("guestCpu"), host_facts, kvm=kvm
         )
+        host_cpu, group_news = await hostcpu.ensure_group(
+            session,
+            host_cpu,
+            group=spec.migration_group,
+            host_name=host.name,
+            hosts=await fleetindex.kvmhosts(ctx),
+            kvm=kvm and host_cpu.preferred is not None,
+        )
     except TemporaryError:
         return  # libvirt went away mid-trial: nothing is concluded, the next probe retries
     outcome.status["guestCpu"] = host_cpu.to_status()
+    if group_news:
+        _note_group(outcome, host_cpu.group)
     works = [t.choice.label for t in host_cpu.trials if t.works]
     fails = [t for t in host_cpu.trials if not t.works]
     if fresh:
@@ -392,6 +406,25 @@ async def _guest_cpu(
             Status.FALSE,
             "GuestsDoNotStart",
             f"a trial guest does not start under TCG emulation: {why}",
+        )
+
+
+def _note_group(outcome: Outcome, group: GroupCpu | None) -> None:
+    """An Event for a new or changed group baseline (or a host that left its group)."""
+    if group is None:
+        outcome.note("GuestCpuGroup", "no migration group: auto uses this host's own CPU trials")
+    elif group.choice is None:
+        outcome.note("GuestCpuGroupFailed", f"group {group.name}: {group.message}")
+    elif group.works:
+        outcome.note(
+            "GuestCpuGroup",
+            f"group {group.name} ({', '.join(group.members)}): auto gives {group.choice.label}",
+        )
+    else:
+        outcome.note(
+            "GuestCpuGroupFailed",
+            f"group {group.name}: a guest with the baseline {group.choice.label} does not "
+            f"start here ({group.message}); auto uses this host's own CPU trials",
         )
 
 

@@ -12,11 +12,14 @@ import contextlib
 import re
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import libvirt
 
+from kvmfleet.domain.cpugroup import GroupCpuError
+from kvmfleet.domain.guestcpu import HostCpuModel
 from kvmfleet.domain.validation import (
     validate_absolute_path,
     validate_domain_name,
@@ -86,11 +89,32 @@ class HostFacts:
     hostname: str
     kvm_domain_supported: bool
     host_uuid: str | None = None
+    cpu: HostCpuModel | None = None
+    """The host CPU (model, vendor, features) when libvirt names a model for it."""
 
     @property
     def virtualization(self) -> str:
         """``kvm`` when KVM guests can run, else ``emulated`` (TCG)."""
         return "kvm" if self.kvm_domain_supported else "emulated"
+
+
+class BaselineRefusedError(GroupCpuError):
+    """libvirt computes no baseline over these CPUs (different vendors, say)."""
+
+
+def host_cpu_model(cpu: ET.Element | None) -> HostCpuModel | None:
+    """The ``<host><cpu>`` of the capabilities XML; None without arch or model."""
+    if cpu is None:
+        return None
+    arch = (cpu.findtext("arch") or "").strip()
+    model = (cpu.findtext("model") or "").strip()
+    if not arch or not model:
+        return None
+    features = tuple(f.get("name", "") for f in cpu.findall("feature"))
+    try:
+        return HostCpuModel(arch, model, (cpu.findtext("vendor") or "").strip(), features)
+    except ValueError:
+        return None
 
 
 def kvm_in_capabilities(capabilities: ET.Element, arch: str) -> bool:
@@ -211,6 +235,7 @@ class Host:
                 hostname=str(self._conn.getHostname()),
                 kvm_domain_supported=kvm_in_capabilities(capabilities, arch),
                 host_uuid=(capabilities.findtext("host/uuid") or "").strip() or None,
+                cpu=host_cpu_model(capabilities.find("host/cpu")),
             )
         if facts.kvm_domain_supported and not self._kvm_domain_capabilities(arch):
             facts = HostFacts(**{**facts.__dict__, "kvm_domain_supported": False})
@@ -224,6 +249,20 @@ class Host:
             code, _, _ = error_details(error)
             return bool(code == libvirt.VIR_ERR_NO_SUPPORT)
         return True
+
+    def baseline_cpu(self, cpus: Sequence[str]) -> str:
+        """libvirt's baseline over host ``<cpu>`` elements: the ``<cpu>`` all of them run.
+
+        A refusal of libvirt's CPU driver (vendors or architectures that differ) is
+        definitive: BaselineRefusedError with libvirt's words.
+        """
+        try:
+            return str(self._conn.baselineCPU(list(cpus), 0))
+        except libvirt.libvirtError as error:
+            _, domain, message = error_details(error)
+            if domain == libvirt.VIR_FROM_CPU:
+                raise BaselineRefusedError(message) from error
+            raise classify(error, self._context("compute a baseline CPU")) from error
 
     def trial_start(self, xml: str, settle_seconds: float) -> StartTrial:
         """Start a transient domain, watch it for ``settle_seconds``, then destroy it.

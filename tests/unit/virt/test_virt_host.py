@@ -8,6 +8,8 @@ import libvirt
 import pytest
 from virt_testdriver import domain_xml
 
+from kvmfleet.domain.cpugroup import host_cpu_xml, parse_baseline
+from kvmfleet.domain.guestcpu import HostCpuModel
 from kvmfleet.errors import InvalidSpecError, NotFoundError, PermanentError
 from kvmfleet.virt.guest import PowerState
 from kvmfleet.virt.host import (
@@ -15,6 +17,7 @@ from kvmfleet.virt.host import (
     NfsMountUnsupportedError,
     dir_pool_xml,
     format_version,
+    host_cpu_model,
     kvm_in_capabilities,
     netfs_pool_xml,
 )
@@ -202,3 +205,36 @@ def test_pool_inputs_are_validated(connection, name: str, path: str) -> None:
 def test_pool_xml_is_escaped() -> None:
     xml = dir_pool_xml("a&b", "/x")
     assert "<name>a&amp;b</name>" in xml
+
+
+# --- migration groups: libvirt's own CPU driver computes the baseline ---------------------
+
+SKYLAKE = HostCpuModel("x86_64", "Skylake-Client", "Intel", ("vmx", "avx512f"))
+HASWELL = HostCpuModel("x86_64", "Haswell", "Intel", ("vmx",))
+
+
+def test_baseline_of_two_hosts_is_the_older_model_with_their_common_features(
+    connection,
+) -> None:
+    xml = Host(connection).baseline_cpu([host_cpu_xml(SKYLAKE), host_cpu_xml(HASWELL)])
+    choice = parse_baseline(xml)
+    assert choice.model == "Haswell" and "+vmx" in choice.features
+    assert "+avx512f" not in choice.features
+
+
+def test_baseline_over_cpus_of_two_vendors_is_a_permanent_error(connection) -> None:
+    epyc = HostCpuModel("x86_64", "EPYC", "AMD", ())
+    with pytest.raises(PermanentError, match="vendors do not match"):
+        Host(connection).baseline_cpu([host_cpu_xml(SKYLAKE), host_cpu_xml(epyc)])
+
+
+def test_the_host_cpu_is_read_from_the_capabilities() -> None:
+    caps = ET.fromstring(
+        "<capabilities><host><cpu><arch>x86_64</arch><model>kvm64</model><vendor>AMD</vendor>"
+        "<microcode version='1'/><feature name='vme'/><feature name='sse4.1'/>"
+        "<pages unit='KiB' size='4'/></cpu></host></capabilities>"
+    )
+    assert host_cpu_model(caps.find("host/cpu")) == HostCpuModel(
+        "x86_64", "kvm64", "AMD", ("vme", "sse4.1")
+    )
+    assert host_cpu_model(ET.fromstring("<cpu><arch>i686</arch></cpu>")) is None

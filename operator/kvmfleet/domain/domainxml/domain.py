@@ -100,6 +100,9 @@ class DomainConfig:
             )
             if custom:
                 child(cpu, "model", {"fallback": "forbid"}, self.cpu.model)
+            for feature in self.cpu.features:
+                policy = "require" if feature.startswith("+") else "disable"
+                child(cpu, "feature", {"policy": policy, "name": feature[1:]})
         child(domain, "clock", {"offset": "utc"})
         child(domain, "on_poweroff", text=self.on_poweroff.value)
         child(domain, "on_reboot", text=self.on_reboot.value)
