@@ -33,7 +33,8 @@ class Settings:
 
     vm_sync_interval: float = 30.0
     """Seconds between two power-state syncs of a VirtualNode (against its host's inventory,
-    read once per host per interval)."""
+    read once per host per interval, or refreshed by the statistics poll: then up to 1.5
+    intervals old)."""
 
     vm_full_sync_interval: float = 600.0
     """Seconds between two full passes of an unchanged, converged VirtualNode (disks,
@@ -49,7 +50,8 @@ class Settings:
 
     vm_stats_interval: float = 30.0
     """Seconds between two reads of a host's per-VM statistics (CPU, memory, disk and
-    network counters; one libvirt call per host); 0 turns them off."""
+    network counters, and the host's domain inventory; one libvirt call per host); 0 turns
+    them off."""
 
     ssh_connect_timeout: float = 10.0
     """Seconds to wait for an SSH connection to a host."""

@@ -215,7 +215,7 @@ def test_bulk_domain_statistics_of_a_running_guest(
     hosts: list[TestbedHost], pool: LibvirtPool
 ) -> None:
     """One getAllDomainStats call returns the running guest's CPU time (growing), its
-    memory, and nothing for a defined guest that is off."""
+    memory, and for a defined guest that is off only its state (the host's inventory)."""
     connection = pool.connection(libvirt_target(hosts[0]))
     guests = Guests(connection)
     name = f"kvmfleet-test-{uuid.uuid4().hex[:8]}"
@@ -224,15 +224,18 @@ def test_bulk_domain_statistics_of_a_running_guest(
         guests.define(tiny_domain(name, str(uuid.uuid4())))
         guests.define(tiny_domain(off, str(uuid.uuid4())))
         guests.start(name)
-        first = {d.name: d for d in all_domain_stats(connection)}
+        read = all_domain_stats(connection)
+        first = {d.name: d for d in read.active}
         assert off not in first
+        assert read.states[off] == (guests.lookup(off).uuid, PowerState.OFF)
+        assert read.states[name] == (guests.lookup(name).uuid, PowerState.RUNNING)
         stats = first[name]
         assert stats.cpu_seconds is not None and stats.cpu_seconds > 0
         assert stats.memory_domain_bytes == 64 * 1024**2
         assert stats.memory_resident_bytes and stats.memory_resident_bytes > 0
         deadline = time.monotonic() + 30
         while True:
-            again = {d.name: d for d in all_domain_stats(connection)}[name]
+            again = {d.name: d for d in all_domain_stats(connection).active}[name]
             assert again.cpu_seconds is not None
             if again.cpu_seconds > stats.cpu_seconds:
                 break

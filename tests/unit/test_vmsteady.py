@@ -100,6 +100,7 @@ class _Ctx:
             "kvmhost1": inventory.Inventory(time.monotonic(), domains)
         }
         self.last_full: dict[str, float] = {}
+        self.stats_targets: dict[str, object] = {}
         spec = {
             "address": "10.0.0.1",
             "sshKeySecretRef": {"name": "key", "namespace": "kvmfleet"},
@@ -190,3 +191,23 @@ def test_the_fleet_index_answers_like_a_list() -> None:
     assert fleet.virtualnodes(("kvmfleet.io/host", "kvmhost2")) == []
     assert fleet.kvmhost("kvmhost1") == host and fleet.kvmhost("nope") is None
     assert fleet.kvmhosts() == [host]
+
+
+def test_the_statistics_poll_refreshes_the_inventory_and_syncs_read_nothing() -> None:
+    ctx = _Ctx({})
+    ctx.stats_targets = {"kvmhost1": object()}
+    old = time.monotonic() - 40  # older than a sync interval
+    ctx.inventories["kvmhost1"] = inventory.Inventory(old, {})
+    started = time.monotonic() - 1
+    inventory.refresh(ctx, "kvmhost1", started, {"vm1": (UID, PowerState.ON)})  # type: ignore[arg-type]
+    assert ctx.inventories["kvmhost1"].domains == {"vm1": (UID, PowerState.ON)}  # type: ignore[attr-defined]
+    # a read that started earlier than the one held does not replace it
+    inventory.refresh(ctx, "kvmhost1", old, {})  # type: ignore[arg-type]
+    assert "vm1" in ctx.inventories["kvmhost1"].domains  # type: ignore[attr-defined]
+    # fed by the poll, 40 s is fresh enough (1.5 sync intervals): no libvirt read of its own
+    ctx.inventories["kvmhost1"] = inventory.Inventory(old, {"vm1": (UID, PowerState.ON)})
+    found = asyncio.run(inventory.read(ctx, "kvmhost1"))  # type: ignore[arg-type]
+    assert found.read_at == old
+    assert inventory._max_age(ctx, "kvmhost1") == 45  # type: ignore[arg-type]
+    ctx.stats_targets = {}
+    assert inventory._max_age(ctx, "kvmhost1") == 30  # type: ignore[arg-type]

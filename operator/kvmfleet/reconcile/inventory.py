@@ -5,7 +5,11 @@ that name still carry the VM's UUID, in the power state its status shows? Asking
 VM's host separately costs a connection, a Secret read and libvirt calls per VM per
 interval. Instead one inventory per host (``virConnectGetAllDomainStats``, one libvirt
 call) serves every VM of that host for ``vm_sync_interval``: the first pass that needs it
-reads it, passes that come meanwhile wait for that read and share it.
+reads it, passes that come meanwhile wait for that read and share it. The per-VM statistics
+poll (:mod:`kvmfleet.reconcile.vmstats`) reads the same call every ``vm_stats_interval``
+and refreshes the inventory with it (:func:`refresh`); while it does, an inventory counts
+as fresh for one and a half sync intervals, so a steady host gets one libvirt call per
+interval, not two.
 
 A full pass that has just observed or changed a domain writes what it saw back
 (:func:`observed`), so the next sync does not mistake its own change for drift.
@@ -44,7 +48,7 @@ async def read(ctx: Context, host: str) -> Inventory:
     Raises what connecting or libvirt raised (classified): the caller then does a full
     pass, which reports the host's state as it always has.
     """
-    max_age = ctx.settings.vm_sync_interval
+    max_age = _max_age(ctx, host)
     cached = _entry(ctx, host)
     if cached is not None and time.monotonic() - cached.read_at < max_age:
         return cached
@@ -62,6 +66,23 @@ async def read(ctx: Context, host: str) -> Inventory:
         fresh = Inventory(started, domains)
         ctx.inventories[host] = fresh
         return fresh
+
+
+def _max_age(ctx: Context, host: str) -> float:
+    """How old an inventory may be: one sync interval, half more while the statistics poll
+    refreshes it (so a poll a moment late does not cost a read of its own)."""
+    sync = ctx.settings.vm_sync_interval
+    fed = host in ctx.stats_targets and ctx.settings.vm_stats_interval <= sync
+    return sync * 1.5 if fed else sync
+
+
+def refresh(
+    ctx: Context, host: str, read_at: float, domains: dict[str, tuple[str, PowerState]]
+) -> None:
+    """The statistics poll read the host's domains (started at ``read_at``)."""
+    cached = _entry(ctx, host)
+    if cached is None or cached.read_at < read_at:
+        ctx.inventories[host] = Inventory(read_at, dict(domains))
 
 
 def observed(ctx: Context, host: str, name: str, uuid: str | None, state: str | None) -> None:

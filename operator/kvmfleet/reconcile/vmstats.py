@@ -7,7 +7,9 @@ the host's own threads and within the libvirt call deadline, and hands them to
 :data:`kvmfleet.metrics.VM_STATS`. A Prometheus scrape reads that cache only: it never
 waits for a host. A host is watched once its probe reached its libvirtd
 (:func:`watch`), skipped while its last probe failed, and forgotten when the KvmHost is
-deleted (:func:`unwatch`).
+deleted (:func:`unwatch`). The same call reads every domain's state, which refreshes the
+host's inventory (:mod:`kvmfleet.reconcile.inventory`): VM syncs then need no libvirt
+call of their own.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import logging
 import time
 
 from kvmfleet import metrics
-from kvmfleet.domain.vmstats import DomainStats
 from kvmfleet.errors import KvmfleetError
+from kvmfleet.reconcile import inventory
 from kvmfleet.reconcile.context import Context
 from kvmfleet.virt.connection import LibvirtPool, LibvirtTarget
-from kvmfleet.virt.stats import all_domain_stats
+from kvmfleet.virt.stats import HostDomainStats, all_domain_stats
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def unwatch(ctx: Context, host: str) -> None:
     ctx.stats_targets.pop(host, None)
 
 
-def _read(pool: LibvirtPool, target: LibvirtTarget) -> list[DomainStats]:
+def _read(pool: LibvirtPool, target: LibvirtTarget) -> HostDomainStats:
     return all_domain_stats(pool.connection(target))
 
 
@@ -55,7 +57,8 @@ async def collect(ctx: Context, host: str) -> None:
         log.debug("domain statistics of %s: %s", host, error.message)
         return
     metrics.VM_STATS_DURATION.labels(host).set(time.monotonic() - started)
-    metrics.VM_STATS.update(host, domains)
+    metrics.VM_STATS.update(host, domains.active)
+    inventory.refresh(ctx, host, started, domains.states)
 
 
 def _due(ctx: Context) -> list[str]:
