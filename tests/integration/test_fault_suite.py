@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from support.cluster import SESSION_OPERATORS, Kubectl, OperatorProcess
+from support.cluster import Kubectl, OperatorProcess, session_operator_paused
 from support.testbed import RUN_DIR as REPO_RUN
 from support.testbed import host_manifests, kvmhost, on_host, run_testbed
 
@@ -143,18 +143,13 @@ def operator(cluster: Kubectl) -> Iterator[OperatorProcess]:
     )
     proc.log_path.parent.mkdir(parents=True, exist_ok=True)
     proc.log_path.write_text("")
-    # Two operators on one control plane would both act on every VM (two starts, two
-    # Warnings): the session's, if an earlier module of this worker started it, pauses.
-    paused = [p for p in SESSION_OPERATORS if p.proc is not None and p.proc.poll() is None]
-    for other in paused:
-        other.stop()
-    try:
-        proc.start(ready_timeout=240)
-        yield proc
-    finally:
-        proc.stop()
-        for other in paused:
-            other.start()
+    # The session's operator, if an earlier module of this worker started it, pauses.
+    with session_operator_paused():
+        try:
+            proc.start(ready_timeout=240)
+            yield proc
+        finally:
+            proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -220,6 +220,21 @@ SESSION_OPERATORS: list[OperatorProcess] = []
 runs an operator of its own on the same control plane pauses it meanwhile."""
 
 
+@contextlib.contextmanager
+def session_operator_paused() -> Iterator[None]:
+    """No session operator runs inside: two operators on one control plane would both act
+    on every object (two starts, two Warnings, twice the API requests). The session's is
+    started again afterwards."""
+    paused = [p for p in SESSION_OPERATORS if p.proc is not None and p.proc.poll() is None]
+    for other in paused:
+        other.stop()
+    try:
+        yield
+    finally:
+        for other in paused:
+            other.start()
+
+
 class OperatorProcess:
     """`kvmfleet run` as a real subprocess, with its log kept for assertions."""
 

@@ -19,13 +19,33 @@ RESOURCE = (GROUP, VERSION, "kvmhosts")
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
-async def reconcile(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+async def reconcile(  # noqa: PLR0917 - Kopf's keyword arguments
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    diff: kopf.Diff,
+    reason: str,
+    **kwargs: Any,
 ) -> None:
     """Bring the host to its spec: reach it, check it, prepare bridges and storage."""
     ctx = indexes.bind(memo, kwargs)
     resource = Resource.from_body(body)
-    await common.run(KIND, body, patch, logger, lambda: hosts.reconcile(ctx, resource))
+    changed = spec_fields_changed(diff) if reason == "update" else frozenset()
+    await common.run(KIND, body, patch, logger, lambda: hosts.reconcile(ctx, resource, changed))
+
+
+def spec_fields_changed(diff: kopf.Diff) -> frozenset[str]:
+    """The top-level spec fields an update changed (all of them when spec was replaced)."""
+    changed: set[str] = set()
+    for _, path, old, new in diff:
+        if path[:1] != ("spec",):
+            continue
+        if len(path) > 1:
+            changed.add(str(path[1]))
+        else:
+            changed.update(str(k) for k in {**dict(old or {}), **dict(new or {})})
+    return frozenset(changed)
 
 
 @kopf.timer(*RESOURCE, interval=5.0, initial_delay=5.0, idle=5.0)

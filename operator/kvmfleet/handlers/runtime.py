@@ -27,7 +27,7 @@ from aiohttp import web
 
 from kvmfleet import __version__, metrics
 from kvmfleet.errors import KvmfleetError
-from kvmfleet.handlers import common
+from kvmfleet.handlers import common, virtualnodes
 from kvmfleet.kube.lease import LeaderElector, LeaseConfig
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.liveness import assess
@@ -137,6 +137,7 @@ async def main(settings: Settings, ctx: Context) -> int:
     """Run the operator until it is stopped; 1 if it lost its leader Lease."""
     state = State()
     common.register(ctx)
+    virtualnodes.register_sync(settings)
     metrics.serve(settings.metrics_port, settings.bind_address)
     runner = await _serve_health(ctx, state)
     stop = asyncio.Event()

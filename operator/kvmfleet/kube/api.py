@@ -192,6 +192,17 @@ class KubeApi:
                 GROUP, VERSION, namespace, plural, name, body, **self._t
             )
 
+    @needs((GROUP, "{plural}", "patch"))
+    def annotate(
+        self, plural: str, name: str, namespace: str, annotations: dict[str, str | None]
+    ) -> None:
+        """Merge-patch annotations (None removes one)."""
+        body = {"metadata": {"annotations": annotations}}
+        with classified(f"annotating {plural} {namespace}/{name}"):
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body, **self._t
+            )
+
     @needs(("", "secrets", "get"))
     def read_secret(self, namespace: str, name: str) -> SecretView | None:
         """A Secret's values (decoded) and owners; None when it does not exist."""

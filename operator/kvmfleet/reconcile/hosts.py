@@ -8,7 +8,9 @@ conditions `Unknown`: nothing is ever deleted or recreated because a host is sil
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -34,6 +36,8 @@ from kvmfleet.ssh.errors import (
 )
 from kvmfleet.virt.host import Host, HostFacts
 
+log = logging.getLogger(__name__)
+
 REACHABLE = "Reachable"
 HOST_KEY_VERIFIED = "HostKeyVerified"
 VIRTUALIZATION_CAPABLE = "VirtualizationCapable"
@@ -54,13 +58,60 @@ HEARTBEAT_FACTOR = 10
 """status.lastProbeTime is refreshed at least every this many probe intervals."""
 
 
-async def reconcile(ctx: Context, host: Resource) -> Outcome:
-    """A spec change (or the operator's start): its VMs check again at their next tick (a
-    maintenance drains now, not a sync interval later), and the host is probed now."""
-    for node in await fleetindex.virtualnodes(ctx, (HOST_LABEL, host.name)):
-        ctx.last_sync.pop(str(node["metadata"].get("uid", "")), None)
+async def reconcile(ctx: Context, host: Resource, changed: Iterable[str] = ()) -> Outcome:
+    """A spec change (or the operator's start): the host is probed now.
+
+    ``changed``: the spec fields an update changed. When one of them decides what the VMs
+    placed here may do (:data:`WAKES_VMS`: a maintenance drains them, a namespace or a
+    bridge no longer allowed flags them), each such VM is woken at once
+    (:func:`wake_vms`) rather than at its next sync, a ``vm_sync_interval`` later.
+    """
+    if WAKES_VMS.intersection(changed):
+        await wake_vms(ctx, host)
     async with ctx.lock(f"kh/{host.name}"):
         return await converge(ctx, host)
+
+
+WAKES_VMS = frozenset(
+    {"maintenance", "allowedNamespaces", "bridges", "storagePools", "nfsAccess", "migrationGroup"}
+)
+"""KvmHost spec fields whose change the host's VMs act on (drain, authorization, CPU)."""
+
+HOST_CHANGED_ANNOTATION = "kvmfleet.io/host-changed"
+"""Set on each VM of a KvmHost whose spec changed in a way the VM acts on:
+``<host>/<generation>``. A change of the VM's metadata is what makes Kopf run its pass now."""
+
+
+async def wake_vms(ctx: Context, host: Resource) -> int:
+    """Annotate the VMs placed on ``host`` (one PATCH each) so their passes run now; how
+    many were woken. A VM that is gone meanwhile is skipped; any other failure is logged
+    and that VM acts at its next sync."""
+    value = f"{host.name}/{host.generation}"
+    woken = 0
+    for node in await fleetindex.virtualnodes(ctx, (HOST_LABEL, host.name)):
+        meta = node["metadata"]
+        ctx.last_sync.pop(str(meta.get("uid", "")), None)
+        name, namespace = str(meta.get("name")), str(meta.get("namespace"))
+        try:
+            await ctx.blocking(
+                ctx.kube.annotate,
+                "virtualnodes",
+                name,
+                namespace,
+                {HOST_CHANGED_ANNOTATION: value},
+            )
+            woken += 1
+        except NotFoundError:
+            continue
+        except KvmfleetError as error:
+            log.info(
+                "%s/%s acts on %s's change at its next sync: %s",
+                namespace,
+                name,
+                host.name,
+                error.message,
+            )
+    return woken
 
 
 async def probe(ctx: Context, host: Resource) -> Outcome:
