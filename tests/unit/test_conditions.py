@@ -61,6 +61,19 @@ def test_status_patch_is_empty_when_nothing_changed() -> None:
     assert again == {}
 
 
+def test_a_null_in_a_status_field_removes_and_then_matches_the_stored_field() -> None:
+    stored = {"guestCpu": {"default": "host-model", "group": {"name": "lab"}}}
+    outcome = Outcome()
+    outcome.status["guestCpu"] = {"default": "host-model", "group": None}
+    patch = status_patch(stored, outcome, generation=None, now=T0)
+    assert patch == {"guestCpu": {"default": "host-model", "group": None}}  # removes group
+    # once the API server dropped the key, the same outcome is no change at all
+    assert (
+        status_patch({"guestCpu": {"default": "host-model"}}, outcome, generation=None, now=T0)
+        == {}
+    )
+
+
 def test_status_patch_bumps_observed_generation_only() -> None:
     outcome = Outcome(conditions=cond.summary(ready=True, reason="Ok", message="fine"))
     old = status_patch({}, outcome, generation=1, now=T0)

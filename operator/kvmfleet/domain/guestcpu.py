@@ -346,10 +346,9 @@ class HostCpu:
             "working": [t.choice.label for t in self.trials if t.works],
             "default": best.label if best else "",
         }
-        if self.own is not None:
-            status["hostCpu"] = self.own.to_status()
-        if self.group is not None:
-            status["group"] = self.group.to_status()
+        # None (JSON null) removes a recorded one: status is written as a merge patch
+        status["hostCpu"] = self.own.to_status() if self.own is not None else None
+        status["group"] = self.group.to_status() if self.group is not None else None
         return status
 
     @classmethod

@@ -24,7 +24,7 @@ def status_patch(
     old_status = old_status or {}
     patch: dict[str, Any] = {}
     for key, value in outcome.status.items():
-        if old_status.get(key) != value:
+        if _stored(old_status.get(key)) != _stored(value):
             patch[key] = value
     old_conditions = cond.parse_conditions(old_status.get("conditions"))
     if outcome.conditions:
@@ -37,6 +37,13 @@ def status_patch(
     if reconciled and generation is not None and old_status.get("observedGeneration") != generation:
         patch["observedGeneration"] = generation
     return patch
+
+
+def _stored(value: Any) -> Any:
+    """What a merge patch leaves stored: keys set to None are removed (nested too)."""
+    if isinstance(value, Mapping):
+        return {k: _stored(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def is_ready(status: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
