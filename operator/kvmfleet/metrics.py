@@ -227,6 +227,12 @@ OLDEST_AGE = _gauge(
     ["where"],
 )
 LEADER = _gauge("kvmfleet_leader", "1 while this process is the active operator.")
+KOPF_RESTARTS = _counter(
+    "kvmfleet_kopf_restarts_total",
+    "Times Kopf stopped on an error (a watch refused, e.g. a CRD not served yet after an API "
+    "server restart) and the operator started again in place (same process ID).",
+    [],
+)
 VM_STATS_DURATION = _gauge(
     "kvmfleet_vm_stats_collection_duration_seconds",
     "Duration of the last bulk domain statistics call to the host.",

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from kvmfleet import __version__, metrics
 from kvmfleet.errors import KvmfleetError
-from kvmfleet.handlers import common, virtualnodes
+from kvmfleet.handlers import common, restart, virtualnodes
 from kvmfleet.kube.lease import LeaderElector, LeaseConfig
 from kvmfleet.reconcile.context import Context
 from kvmfleet.reconcile.liveness import assess
@@ -136,6 +136,7 @@ async def _keep(elector: LeaderElector, stop: asyncio.Event, state: State) -> No
 async def main(settings: Settings, ctx: Context) -> int:
     """Run the operator until it is stopped; 1 if it lost its leader Lease."""
     state = State()
+    restart.record_restarts()
     common.register(ctx)
     virtualnodes.register_sync(settings)
     metrics.serve(settings.metrics_port, settings.bind_address)
@@ -151,6 +152,8 @@ async def main(settings: Settings, ctx: Context) -> int:
             keeper = asyncio.create_task(_keep(elector, stop, state))
         state.role = "active"
         metrics.LEADER.set(1)
+        failures = restart.FailureWatch().install()
+        guard = asyncio.create_task(restart.watchdog(failures, stop))  # before Kopf's tasks
         await kopf.operator(
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
@@ -158,7 +161,11 @@ async def main(settings: Settings, ctx: Context) -> int:
             memo=kopf.Memo(ctx=ctx),
             stop_flag=stop,
         )
+        if failures.failed.is_set() and not stop.is_set():
+            await guard  # Kopf stopped because of its failure: start again (never returns)
+        guard.cancel()
     finally:
+        await ctx.close()
         state.stopping = True
         if keeper is not None:
             keeper.cancel()
