@@ -38,7 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.cluster import Kubectl, OperatorProcess, cluster_env  # noqa: E402
+from support.cluster import Kubectl, OperatorProcess, prepared  # noqa: E402
 from support.testbed import HOSTS_JSON, RUN_DIR, host_manifests, kvmhost  # noqa: E402
 
 
@@ -189,9 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     doc = json.loads(HOSTS_JSON.read_text())
     hosts = doc["hosts"]
-    env_of_cluster = cluster_env()  # the kubectl built with the control plane is first on PATH
-    kubectl = Path(env_of_cluster["PATH"].split(":")[0]) / "kubectl"
-    cluster = Kubectl(env_of_cluster["KUBECONFIG"], str(kubectl))
+    cluster = prepared()  # the control plane's own kubectl, with kvmfleet's CRDs applied
     ns = f"scale-{uuid.uuid4().hex[:6]}"
     names = [f"s{ns[-6:]}-{i:04d}" for i in range(args.vms)]
     env = {"KVMFLEET_VM_SYNC_INTERVAL": str(args.sync)}
