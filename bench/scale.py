@@ -32,6 +32,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,36 +111,56 @@ def proc_stat(pid: int) -> tuple[float, float]:
 
 
 class Fleet:
-    """The VirtualNodes of one run, watched through periodic LISTs counted out of the figures."""
+    """The VirtualNodes of one run, watched through periodic LISTs counted out of the figures.
+
+    A LIST of hundreds of objects takes tens of seconds on a loaded machine, so the time a
+    VM reached its phase is read from the object itself, not from when a poll saw it: the
+    ``lastTransitionTime`` of its ``Ready=True`` condition (the API server's clock, whole
+    seconds), which a VM reaches together with ``Stopped`` (Halted) or ``Running`` (Always).
+    """
 
     def __init__(self, cluster: Kubectl, ns: str) -> None:
         self.cluster, self.ns = cluster, ns
         self.polls = 0
 
-    def phases(self) -> dict[str, str]:
-        """Each VM's phase; empty when this poll did not finish in time (a loaded machine:
-        kubectl itself needs more than a minute for a LIST of hundreds of objects)."""
+    def phases(self) -> dict[str, tuple[str, float | None]]:
+        """Each VM's phase and when it last became Ready (epoch seconds, None if not Ready);
+        empty when this poll did not finish in time (kubectl itself needs more than a minute
+        for a LIST of hundreds of objects on a loaded machine)."""
         self.polls += 1
         try:
             out = self.cluster.run("get", "vn", "-n", self.ns, "-o", "json", timeout=300)
         except subprocess.TimeoutExpired:
             log("a LIST of the VirtualNodes took more than 300 s; next poll")
             return {}
-        items = json.loads(out.stdout)["items"]
-        return {i["metadata"]["name"]: (i.get("status") or {}).get("phase", "") for i in items}
+        found: dict[str, tuple[str, float | None]] = {}
+        for item in json.loads(out.stdout)["items"]:
+            status = item.get("status") or {}
+            ready: dict[str, Any] = next(
+                (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+            )
+            since = None
+            if ready.get("status") == "True" and ready.get("lastTransitionTime"):
+                stamp = ready["lastTransitionTime"].replace("Z", "+00:00")
+                since = datetime.fromisoformat(stamp).timestamp()
+            found[item["metadata"]["name"]] = (status.get("phase", ""), since)
+        return found
 
     def wait(
         self, names: list[str], phase: str, since: dict[str, float], limit: float
     ) -> tuple[dict[str, float], set[str]]:
-        """Seconds from each name's apply to its first `phase`; the names ever Unknown."""
+        """Seconds from each name's apply (``since``: epoch seconds) to its first ``phase``
+        (by its Ready condition's transition; the poll's time when that is older than the
+        apply); the names ever Unknown."""
         reached: dict[str, float] = {}
         unknown: set[str] = set()
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            now = time.monotonic()
-            for name, seen in self.phases().items():
+            now = time.time()
+            for name, (seen, ready_at) in self.phases().items():
                 if name in since and seen == phase and name not in reached:
-                    reached[name] = now - since[name]
+                    at = ready_at if ready_at is not None and ready_at >= since[name] - 1 else now
+                    reached[name] = max(0.0, at - since[name])
                 if seen == "Unknown":
                     unknown.add(name)
             if len(reached) >= len(names):
@@ -222,7 +243,7 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         log(f"{len(hosts)} hosts Ready; applying {args.vms} VirtualNodes")
         items = [vm(ns, n, hosts[i % len(hosts)]["name"]) for i, n in enumerate(names)]
         before = apiserver_requests(cluster)
-        started = time.monotonic()
+        started, applied_at = time.monotonic(), time.time()
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(
                 pool.map(
@@ -236,7 +257,7 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> None:
                     [items[i::8] for i in range(8)],
                 )
             )
-        applied = {n: started for n in names}
+        applied = {n: applied_at for n in names}
         stopped, unknown = fleet.wait(names, "Stopped", applied, args.timeout)
         result["defined_s"] = round(time.monotonic() - started, 1)
         result["defined"] = len(stopped)
@@ -255,7 +276,7 @@ def _run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         started = time.monotonic()
         since: dict[str, float] = {}
         for name in chosen:
-            since[name] = time.monotonic()
+            since[name] = time.time()
             cluster.run(
                 "patch", "vn", name, "-n", ns, "--type=merge",
                 "-p", '{"spec":{"runStrategy":"Always"}}', timeout=300,
