@@ -228,7 +228,7 @@ def test_bulk_domain_statistics_of_a_running_guest(
         first = {d.name: d for d in read.active}
         assert off not in first
         assert read.states[off] == (guests.lookup(off).uuid, PowerState.OFF)
-        assert read.states[name] == (guests.lookup(name).uuid, PowerState.RUNNING)
+        assert read.states[name] == (guests.lookup(name).uuid, PowerState.ON)
         stats = first[name]
         assert stats.cpu_seconds is not None and stats.cpu_seconds > 0
         assert stats.memory_domain_bytes == 64 * 1024**2
