@@ -48,8 +48,6 @@ async def sync(
     """Keep the observed power state true (every vm_sync_interval): Always restarts a VM
     that went off behind our back, Manual only reports it."""
     ctx = indexes.bind(memo, kwargs)
-    if virtualnodes.synced_recently(ctx, str(body.metadata.uid)):
-        return  # a full pass just did it: not even a use-case call
     resource = Resource.from_body(body)
     await common.run(KIND, body, patch, logger, lambda: virtualnodes.sync(ctx, resource))
 

@@ -82,12 +82,11 @@ HOST_CHANGED_ANNOTATION = "kvmfleet.io/host-changed"
 ``<host>/<generation>``. A change of the VM's metadata is what makes Kopf run its pass now."""
 
 
-async def wake_vms(ctx: Context, host: Resource) -> int:
-    """Annotate the VMs placed on ``host`` (one PATCH each) so their passes run now; how
-    many were woken. A VM that is gone meanwhile is skipped; any other failure is logged
-    and that VM acts at its next sync."""
+async def wake_vms(ctx: Context, host: Resource) -> None:
+    """Annotate the VMs placed on ``host`` (one PATCH each) so their passes run now. A VM
+    that is gone meanwhile is skipped; any other failure is logged and that VM acts at its
+    next sync."""
     value = f"{host.name}/{host.generation}"
-    woken = 0
     for node in await fleetindex.virtualnodes(ctx, (HOST_LABEL, host.name)):
         meta = node["metadata"]
         ctx.last_sync.pop(str(meta.get("uid", "")), None)
@@ -100,7 +99,6 @@ async def wake_vms(ctx: Context, host: Resource) -> int:
                 namespace,
                 {HOST_CHANGED_ANNOTATION: value},
             )
-            woken += 1
         except NotFoundError:
             continue
         except KvmfleetError as error:
@@ -111,7 +109,6 @@ async def wake_vms(ctx: Context, host: Resource) -> int:
                 host.name,
                 error.message,
             )
-    return woken
 
 
 async def probe(ctx: Context, host: Resource) -> Outcome:

@@ -101,18 +101,13 @@ async def reconcile(ctx: Context, node: Resource, *, resumed: bool = False) -> O
         return await converge(ctx, node)
 
 
-def synced_recently(ctx: Context, uid: str) -> bool:
-    """True when the VM was checked or passed within the last ``vm_sync_interval``."""
-    last = ctx.last_sync.get(uid)
-    return last is not None and time.monotonic() - last < ctx.settings.vm_sync_interval
-
-
 async def sync(ctx: Context, node: Resource) -> Outcome:
     """The periodic check: observed power state, Always restarts, expired VNC passwords.
 
     An unchanged VM is checked against its host's inventory only (see vmsteady); a full
     pass runs when that check fails and at least every vm_full_sync_interval."""
-    if synced_recently(ctx, node.uid):
+    last = ctx.last_sync.get(node.uid)
+    if last is not None and time.monotonic() - last < ctx.settings.vm_sync_interval:
         return Outcome()
     lock = ctx.lock(f"vn/{node.uid}")
     if lock.locked() or node.deleting:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid as _uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -92,6 +93,11 @@ _POWER_STATES = {
 def power_state(libvirt_state: int) -> PowerState:
     """The PowerState of a ``virDomainState`` value."""
     return _POWER_STATES.get(libvirt_state, PowerState.UNKNOWN)
+
+
+def inventory_entry(domain: Any, record: Mapping[str, Any]) -> tuple[str, PowerState]:
+    """A domain's (UUID, power state) from one ``virConnectGetAllDomainStats`` record."""
+    return str(domain.UUIDString()), power_state(int(record.get("state.state", -1)))
 
 
 class PauseReason(StrEnum):

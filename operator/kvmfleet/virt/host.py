@@ -36,7 +36,7 @@ from kvmfleet.virt.errors import (
     error_details,
     libvirt_errors,
 )
-from kvmfleet.virt.guest import DomainSummary, PowerState, power_state, summarize
+from kvmfleet.virt.guest import DomainSummary, PowerState, inventory_entry, summarize
 
 
 @dataclass(frozen=True)
@@ -319,10 +319,7 @@ class Host:
         the domain objects)."""
         with libvirt_errors(self._context("read the domain inventory")):
             stats = self._conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
-        return {
-            domain.name(): (domain.UUIDString(), power_state(int(values.get("state.state", -1))))
-            for domain, values in stats
-        }
+        return {str(domain.name()): inventory_entry(domain, values) for domain, values in stats}
 
     # -- storage pools --
 

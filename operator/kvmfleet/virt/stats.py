@@ -15,7 +15,7 @@ import libvirt
 from kvmfleet.domain.vmstats import DomainStats, parse_domain_stats
 from kvmfleet.virt.connection import LibvirtConnection
 from kvmfleet.virt.errors import libvirt_errors
-from kvmfleet.virt.guest import PowerState, power_state
+from kvmfleet.virt.guest import PowerState, inventory_entry
 
 STATS = (
     libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
@@ -43,8 +43,7 @@ def all_domain_stats(connection: LibvirtConnection) -> HostDomainStats:
         active = []
         for domain, record in records:
             name = str(domain.name())
-            code = int(record.get("state.state", -1))
-            states[name] = (str(domain.UUIDString()), power_state(code))
-            if code != libvirt.VIR_DOMAIN_SHUTOFF:
+            states[name] = inventory_entry(domain, record)
+            if record.get("state.state") != libvirt.VIR_DOMAIN_SHUTOFF:
                 active.append(parse_domain_stats(name, record))
         return HostDomainStats(states, active)
